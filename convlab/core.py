@@ -7,17 +7,17 @@ Docs: https://convlab.github.io/convlab/core.html.md"""
 # %% auto #0
 __all__ = ['is_quick', 'full_or_quick', 'record']
 
-# %% ../nbs/00_core.ipynb #e45017a5
+# %% ../nbs/00_core.ipynb #97816184
 import os, json, time
 from pathlib import Path
 from filelock import FileLock
 
-# %% ../nbs/00_core.ipynb #0cfc1bb2
+# %% ../nbs/00_core.ipynb #1601142a
 def is_quick()->bool: # True when quick mode is on
     "Is `CONVLAB_QUICK` set to a true value (`1`, `true`, `yes`, `on`)?"
     return os.environ.get('CONVLAB_QUICK', '').strip().lower() in ('1', 'true', 'yes', 'on')
 
-# %% ../nbs/00_core.ipynb #9c6fd486
+# %% ../nbs/00_core.ipynb #3559224c
 def full_or_quick(
     full, # value to use with the books' settings
     quick, # value to use in quick mode
@@ -25,7 +25,7 @@ def full_or_quick(
     "Choose a setting by mode"
     return quick if is_quick() else full
 
-# %% ../nbs/00_core.ipynb #6d983b08
+# %% ../nbs/00_core.ipynb #47d6847c
 def record(
     chapter:str, # 'fastbook13' or 'dlwpt08'
     experiment:str, # short name of the experiment, e.g. 'simple_cnn_3v7'

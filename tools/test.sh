@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install convlab and its dev tools into .venv, then run every check CI runs, in CI's order:
+# notebooks clean, library in sync with the notebooks, every notebook executed, pytest.
+# Quick mode (small data, few epochs) is the default here; CONVLAB_QUICK=0 runs the notebooks at full settings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CONVLAB_QUICK="${CONVLAB_QUICK:-1}"
+[ -d .venv ] || python3 -m venv .venv
+.venv/bin/pip install -q -e ".[dev]"
+export PATH="$PWD/.venv/bin:$PATH"
+
+state() { { git diff; git status --porcelain; } | sha1sum; }
+before=$(state); nbdev-clean
+[ "$(state)" = "$before" ] || { echo "nbdev-clean changed files: run it and commit"; git status --short; exit 1; }
+nbdev-export
+[ "$(state)" = "$before" ] || { echo "nbdev-export changed files: the library is not in sync with nbs/"; git status --short; exit 1; }
+jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . --output README
+[ "$(state)" = "$before" ] || { echo "README.md is not in sync with nbs/index.ipynb"; git status --short; exit 1; }
+
+nbdev-test --timing --n-workers "${CONVLAB_TEST_WORKERS:-2}"
+pytest -q -p no:cacheprovider tests
