@@ -1,4 +1,4 @@
-"""`convlab data` builds a dataset; `convlab reproduce` runs the chapters and writes the report.
+"""`convlab data` builds a dataset; `convlab reproduce` runs the chapters and writes the report (see `convlab.report`).
 
 Docs: https://convlab.github.io/convlab/cli.html.md"""
 
@@ -7,12 +7,13 @@ Docs: https://convlab.github.io/convlab/cli.html.md"""
 # %% auto #0
 __all__ = ['DATASETS', 'data_cmd', 'parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #9ce96ea9
+# %% ../nbs/07_cli.ipynb #4fbe7045
 import argparse, os, sys
 from fastai.data.external import URLs
 from .data import untar_data, DataError
+from .report import CHAPTERS, reproduce
 
-# %% ../nbs/07_cli.ipynb #0dd6396a
+# %% ../nbs/07_cli.ipynb #74ef1e88
 DATASETS = dict(mnist_sample=URLs.MNIST_SAMPLE, mnist=URLs.MNIST, cifar10=URLs.CIFAR)
 
 def data_cmd(
@@ -24,7 +25,7 @@ def data_cmd(
     if quick: os.environ['CONVLAB_QUICK'] = '1'
     return str(untar_data(DATASETS[name]))
 
-# %% ../nbs/07_cli.ipynb #bb47c9da
+# %% ../nbs/07_cli.ipynb #8a8b9090
 def parser()->argparse.ArgumentParser: # the `convlab` argument parser
     "`convlab`'s subcommands and their options"
     p = argparse.ArgumentParser(prog='convlab', description='Reproduce fastbook ch. 13 and DLwPT ch. 8, offline.')
@@ -32,9 +33,15 @@ def parser()->argparse.ArgumentParser: # the `convlab` argument parser
     d = sub.add_parser('data', help='build a dataset where fastai keeps it and print its folder')
     d.add_argument('name', choices=list(DATASETS))
     d.add_argument('--quick', action='store_true', help='the small quick-mode subset')
+    r = sub.add_parser('reproduce', help="execute the chapter notebooks and report our numbers beside the books'")
+    r.add_argument('--quick', action='store_true', help='a tenth of the data and few epochs (minutes, not hours)')
+    r.add_argument('--only', choices=list(CHAPTERS), help='run one chapter only')
+    r.add_argument('--out', default='reports', help='report folder (default: reports/)')
+    r.add_argument('--notebook', action='append', help='run this notebook instead of the chapters (repeatable)')
+    r.add_argument('--book', help="the books' numbers (default: data/book_results.json)")
     return p
 
-# %% ../nbs/07_cli.ipynb #1b2c768c
+# %% ../nbs/07_cli.ipynb #794751b4
 def main(
     argv:list=None, # arguments, `sys.argv[1:]` by default
 )->int: # exit code
@@ -42,6 +49,7 @@ def main(
     args = parser().parse_args(argv)
     try:
         if args.cmd == 'data': print(data_cmd(args.name, args.quick))
+        if args.cmd == 'reproduce': return 0 if reproduce(args.quick, args.only, args.out, args.notebook, args.book) else 1
     except DataError as e:
         print(f'convlab: {e}', file=sys.stderr); return 1
     return 0
