@@ -7,41 +7,43 @@ Docs: https://convlab.github.io/convlab/cnn.html.md"""
 # %% auto #0
 __all__ = ['conv', 'simple_cnn', 'conv_work', 'batch_loss']
 
-# %% ../nbs/03_cnn.ipynb #e982df62
+# %% ../nbs/03_cnn.ipynb #271bb1e0
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .kernels import same_pad
 
-# %% ../nbs/03_cnn.ipynb #2733e60b
+# %% ../nbs/03_cnn.ipynb #bbcdfc2b
 def conv(
     ni:int, # input channels
     nf:int, # output channels (filters)
     ks:int=3, # kernel size; odd, so that `ks//2` padding is centred
     act:bool=True, # follow the convolution by a ReLU?
-    bn:bool=False, # end the block with a BatchNorm2d?
+    bn:bool=False, # add a BatchNorm2d?
+    bn_first:bool=False, # put the BatchNorm before the ReLU (the order behind the book's printed numbers)?
 )->nn.Sequential:
-    "Stride-2 convolution with `ks//2` padding, then ReLU (if `act`), then BatchNorm (if `bn`)"
+    "Stride-2 convolution with `ks//2` padding, then ReLU (if `act`) and BatchNorm (if `bn`), by default in that order"
     layers = [nn.Conv2d(ni, nf, kernel_size=ks, stride=2, padding=same_pad(ks))]
     if act: layers.append(nn.ReLU())
-    if bn: layers.append(nn.BatchNorm2d(nf))
+    if bn: layers.insert(1 if bn_first else len(layers), nn.BatchNorm2d(nf))
     return nn.Sequential(*layers)
 
-# %% ../nbs/03_cnn.ipynb #e264ef60
+# %% ../nbs/03_cnn.ipynb #c4df9dbf
 def simple_cnn(
     chans=(1,4,8,16,32,2), # channels from the input to the number of classes
     ks:int=3, # kernel size of every block...
     first_ks:int=None, # ...except the first, if given
-    bn:bool=False, # end each block with BatchNorm
+    bn:bool=False, # add BatchNorm to each block
+    bn_first:bool=False, # BatchNorm before the ReLU instead of after it
 )->nn.Sequential:
     "Stride-2 `conv` blocks through `chans`, the last one without ReLU, then `Flatten`"
     n = len(chans) - 1
-    blocks = [conv(ni, nf, ks=first_ks if (i == 0 and first_ks) else ks, act=i < n-1, bn=bn)
+    blocks = [conv(ni, nf, ks=first_ks if (i == 0 and first_ks) else ks, act=i < n-1, bn=bn, bn_first=bn_first)
               for i, (ni, nf) in enumerate(zip(chans[:-1], chans[1:]))]
     return nn.Sequential(*blocks, nn.Flatten())
 
-# %% ../nbs/03_cnn.ipynb #d887085f
+# %% ../nbs/03_cnn.ipynb #34e0dd99
 def conv_work(
     model:nn.Module, # any model containing `nn.Conv2d` layers
     shape=(1,28,28), # shape of one input, without the batch axis
@@ -63,7 +65,7 @@ def conv_work(
         model.train(was_training)
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_cnn.ipynb #cc7f9dc5
+# %% ../nbs/03_cnn.ipynb #4cf08fc3
 def batch_loss(
     model:nn.Module, # model to evaluate
     xb:Tensor, # inputs, possibly a fastai tensor subclass
