@@ -8,7 +8,7 @@ Docs: https://convlab.github.io/convlab/report.html.md"""
 __all__ = ['ROOT', 'CHAPTERS', 'COLS', 'book_results', 'judge', 'results_table', 'machine', 'data_source', 'run_notebook',
            'save_figures', 'report_rows', 'write_report', 'chapter_of', 'reproduce']
 
-# %% ../nbs/06_report.ipynb #4406ce25
+# %% ../nbs/06_report.ipynb #02b299cd
 import base64, html, json, os, platform, time
 from pathlib import Path
 import nbformat, torch, fastai
@@ -17,9 +17,10 @@ from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 from fastprogress.fastprogress import progress_bar
 
-# %% ../nbs/06_report.ipynb #05f32d40
+# %% ../nbs/06_report.ipynb #0167e624
 ROOT = Path(__file__).resolve().parent.parent if '__file__' in globals() else Path.cwd().parent
-CHAPTERS = {'fastbook13': 'nbs/10_fastbook13_convolutions.ipynb', 'dlwpt08': 'nbs/20_dlwpt08_convolutions.ipynb'}
+CHAPTERS = {'fastbook13': 'nbs/10_fastbook13_convolutions.ipynb', 'fastbook13q': 'nbs/11_fastbook13_questionnaire.ipynb',
+            'dlwpt08': 'nbs/20_dlwpt08_convolutions.ipynb'}
 
 def book_results(
     fn:Path=None, # the books' numbers; `data/book_results.json` by default
@@ -27,7 +28,7 @@ def book_results(
     "The books' numbers with their sources and tolerances"
     return json.loads(Path(fn or ROOT/'data'/'book_results.json').read_text())['results']
 
-# %% ../nbs/06_report.ipynb #cf67d9fd
+# %% ../nbs/06_report.ipynb #2c9a12cd
 def judge(
     value:float, # what we measured
     ref:dict, # the book's row
@@ -40,7 +41,7 @@ def judge(
     if get('tol') is not None: return abs(value - ref['book']) <= get('tol'), f"± {get('tol'):g}"
     return None, 'shown'
 
-# %% ../nbs/06_report.ipynb #52c3af43
+# %% ../nbs/06_report.ipynb #a3be5d49
 def results_table(
     rows:list, # rows recorded by the notebooks
     book:list, # the books' rows
@@ -59,7 +60,7 @@ def results_table(
                         rule=rule, passed=passed, seconds=r and r.get('seconds'), source=ref.get('source', '')))
     return out
 
-# %% ../nbs/06_report.ipynb #80d2e01b
+# %% ../nbs/06_report.ipynb #d4946629
 def machine()->dict: # device, versions
     "The device the notebooks train on and the library versions, for the report's header"
     if torch.cuda.is_available(): dev = torch.cuda.get_device_name(0)
@@ -69,7 +70,7 @@ def machine()->dict: # device, versions
         dev = f'CPU: {cpu or platform.machine()}, {torch.get_num_threads()} threads'
     return dict(device=dev, torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version())
 
-# %% ../nbs/06_report.ipynb #5f2d618a
+# %% ../nbs/06_report.ipynb #30250cc9
 def data_source(
     chapter:str, # a chapter name
 )->str: # where its data came from
@@ -81,7 +82,7 @@ def data_source(
     if not d.exists(): return 'CIFAR-10 (not built)'
     return 'CIFAR-10 JPEG mirror' if next((d/'train'/'bird').iterdir()).suffix == '.jpg' else "CIFAR-10 fastai download (PNG)"
 
-# %% ../nbs/06_report.ipynb #196a48a6
+# %% ../nbs/06_report.ipynb #e314a17c
 def _read_rows(fn:Path)->list: return json.loads(fn.read_text()) if fn.exists() and fn.stat().st_size else []
 
 def run_notebook(
@@ -113,7 +114,7 @@ def run_notebook(
     bar.on_iter_end()
     return nb, err, time.time() - start
 
-# %% ../nbs/06_report.ipynb #f7dd977f
+# %% ../nbs/06_report.ipynb #a8333f26
 def save_figures(
     nb, # an executed notebook
     dest:Path, # folder for the PNG files
@@ -129,7 +130,7 @@ def save_figures(
             fn.write_bytes(base64.b64decode(png)); out.append(fn)
     return out
 
-# %% ../nbs/06_report.ipynb #60bc43b7
+# %% ../nbs/06_report.ipynb #fb82e418
 def _fmt(v): return '' if v is None else f'{v:g}' if isinstance(v, (int, float)) else str(v)
 _MARK = {True: '✓', False: '✗', None: '·'}
 COLS = ['chapter', 'experiment', 'metric', 'ours', 'book', 'tolerance', 'ok', 'seconds', 'device', 'torch', 'fastai', 'data']
@@ -143,7 +144,7 @@ def report_rows(
     return [[t['chapter'], t['experiment'], t['metric'], _fmt(t['ours']), _fmt(t['book']), t['rule'], _MARK[t['passed']],
              _fmt(t['seconds']), info['device'], info['torch'], info['fastai'], sources.get(t['chapter'], '')] for t in table]
 
-# %% ../nbs/06_report.ipynb #5495fcde
+# %% ../nbs/06_report.ipynb #590c092e
 def write_report(
     out:Path, # report folder
     table:list, # from `results_table`
@@ -178,15 +179,15 @@ tr.fail{{background:#fdd}} figure{{display:inline-block;margin:6px}} img{{max-wi
     (out/'index.html').write_text(page)
     return ok
 
-# %% ../nbs/06_report.ipynb #4691bcc6
+# %% ../nbs/06_report.ipynb #63a41f16
 def chapter_of(
     nb_path:Path, # e.g. `nbs/10_fastbook13_convolutions.ipynb`
 )->str: # e.g. 'fastbook13'
-    "The chapter a notebook reproduces: the word after its number"
+    "The chapter a notebook given by path records under: the word after its number"
     parts = Path(nb_path).stem.split('_')
     return parts[1] if parts[0].isdigit() and len(parts) > 1 else Path(nb_path).stem
 
-# %% ../nbs/06_report.ipynb #67454175
+# %% ../nbs/06_report.ipynb #6beb9219
 def reproduce(
     quick:bool=False, # quick mode: a tenth of the data, few epochs, quick tolerances
     only:str=None, # run only this chapter (a key of `CHAPTERS`)
@@ -196,11 +197,12 @@ def reproduce(
 )->bool: # did every row pass?
     "Execute the chapter notebooks and write `results.json`, executed notebooks, HTML, figures, `REPORT.md`, `index.html`"
     if only is not None and only not in CHAPTERS: raise ValueError(f'unknown chapter {only!r}: choose one of {", ".join(CHAPTERS)}')
-    nbs = [Path(p) for p in notebooks] if notebooks else [ROOT/p for c, p in CHAPTERS.items() if only in (None, c)]
+    if notebooks: chapters, nbs = [chapter_of(p) for p in notebooks], [Path(p) for p in notebooks]
+    else: chapters, nbs = zip(*[(c, ROOT/p) for c, p in CHAPTERS.items() if only in (None, c)])
     for p in nbs:
         if not p.exists(): raise FileNotFoundError(f'notebook {p} not found')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    refs, chapters = book_results(book), [chapter_of(p) for p in nbs]
+    refs = book_results(book)
     results = (out/'results.json').resolve()
     results.write_text(json.dumps([r for r in _read_rows(results) if r['chapter'] not in chapters], indent=1))
     old = {k: os.environ.get(k) for k in ('CONVLAB_RESULTS', 'CONVLAB_QUICK')}
