@@ -8,7 +8,7 @@ Docs: https://convlab.github.io/convlab/report.html.md"""
 __all__ = ['ROOT', 'CHAPTERS', 'COLS', 'book_results', 'judge', 'results_table', 'machine', 'data_source', 'run_notebook',
            'save_figures', 'report_rows', 'write_report', 'chapter_of', 'reproduce']
 
-# %% ../nbs/06_report.ipynb #02b299cd
+# %% ../nbs/06_report.ipynb #96fa3a52
 import base64, html, json, os, platform, time
 from pathlib import Path
 import nbformat, torch, fastai
@@ -17,10 +17,10 @@ from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 from fastprogress.fastprogress import progress_bar
 
-# %% ../nbs/06_report.ipynb #0167e624
+# %% ../nbs/06_report.ipynb #77948d57
 ROOT = Path(__file__).resolve().parent.parent if '__file__' in globals() else Path.cwd().parent
 CHAPTERS = {'fastbook13': 'nbs/10_fastbook13_convolutions.ipynb', 'fastbook13q': 'nbs/11_fastbook13_questionnaire.ipynb',
-            'dlwpt08': 'nbs/20_dlwpt08_convolutions.ipynb'}
+            'dlwpt08': 'nbs/20_dlwpt08_convolutions.ipynb', 'dlwpt08x': 'nbs/21_dlwpt08_exercises.ipynb'}
 
 def book_results(
     fn:Path=None, # the books' numbers; `data/book_results.json` by default
@@ -28,7 +28,7 @@ def book_results(
     "The books' numbers with their sources and tolerances"
     return json.loads(Path(fn or ROOT/'data'/'book_results.json').read_text())['results']
 
-# %% ../nbs/06_report.ipynb #2c9a12cd
+# %% ../nbs/06_report.ipynb #e735a8db
 def judge(
     value:float, # what we measured
     ref:dict, # the book's row
@@ -41,7 +41,7 @@ def judge(
     if get('tol') is not None: return abs(value - ref['book']) <= get('tol'), f"± {get('tol'):g}"
     return None, 'shown'
 
-# %% ../nbs/06_report.ipynb #a3be5d49
+# %% ../nbs/06_report.ipynb #20800e69
 def results_table(
     rows:list, # rows recorded by the notebooks
     book:list, # the books' rows
@@ -60,7 +60,7 @@ def results_table(
                         rule=rule, passed=passed, seconds=r and r.get('seconds'), source=ref.get('source', '')))
     return out
 
-# %% ../nbs/06_report.ipynb #d4946629
+# %% ../nbs/06_report.ipynb #f1b1e038
 def machine()->dict: # device, versions
     "The device the notebooks train on and the library versions, for the report's header"
     if torch.cuda.is_available(): dev = torch.cuda.get_device_name(0)
@@ -70,7 +70,7 @@ def machine()->dict: # device, versions
         dev = f'CPU: {cpu or platform.machine()}, {torch.get_num_threads()} threads'
     return dict(device=dev, torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version())
 
-# %% ../nbs/06_report.ipynb #30250cc9
+# %% ../nbs/06_report.ipynb #5381bb3d
 def data_source(
     chapter:str, # a chapter name
 )->str: # where its data came from
@@ -82,7 +82,7 @@ def data_source(
     if not d.exists(): return 'CIFAR-10 (not built)'
     return 'CIFAR-10 JPEG mirror' if next((d/'train'/'bird').iterdir()).suffix == '.jpg' else "CIFAR-10 fastai download (PNG)"
 
-# %% ../nbs/06_report.ipynb #e314a17c
+# %% ../nbs/06_report.ipynb #71aed8bc
 def _read_rows(fn:Path)->list: return json.loads(fn.read_text()) if fn.exists() and fn.stat().st_size else []
 
 def run_notebook(
@@ -114,7 +114,7 @@ def run_notebook(
     bar.on_iter_end()
     return nb, err, time.time() - start
 
-# %% ../nbs/06_report.ipynb #a8333f26
+# %% ../nbs/06_report.ipynb #e7baadb8
 def save_figures(
     nb, # an executed notebook
     dest:Path, # folder for the PNG files
@@ -130,7 +130,7 @@ def save_figures(
             fn.write_bytes(base64.b64decode(png)); out.append(fn)
     return out
 
-# %% ../nbs/06_report.ipynb #fb82e418
+# %% ../nbs/06_report.ipynb #a8078606
 def _fmt(v): return '' if v is None else f'{v:g}' if isinstance(v, (int, float)) else str(v)
 _MARK = {True: '✓', False: '✗', None: '·'}
 COLS = ['chapter', 'experiment', 'metric', 'ours', 'book', 'tolerance', 'ok', 'seconds', 'device', 'torch', 'fastai', 'data']
@@ -144,7 +144,7 @@ def report_rows(
     return [[t['chapter'], t['experiment'], t['metric'], _fmt(t['ours']), _fmt(t['book']), t['rule'], _MARK[t['passed']],
              _fmt(t['seconds']), info['device'], info['torch'], info['fastai'], sources.get(t['chapter'], '')] for t in table]
 
-# %% ../nbs/06_report.ipynb #590c092e
+# %% ../nbs/06_report.ipynb #a5e1f3f8
 def write_report(
     out:Path, # report folder
     table:list, # from `results_table`
@@ -179,7 +179,7 @@ tr.fail{{background:#fdd}} figure{{display:inline-block;margin:6px}} img{{max-wi
     (out/'index.html').write_text(page)
     return ok
 
-# %% ../nbs/06_report.ipynb #63a41f16
+# %% ../nbs/06_report.ipynb #98ba3f18
 def chapter_of(
     nb_path:Path, # e.g. `nbs/10_fastbook13_convolutions.ipynb`
 )->str: # e.g. 'fastbook13'
@@ -187,7 +187,7 @@ def chapter_of(
     parts = Path(nb_path).stem.split('_')
     return parts[1] if parts[0].isdigit() and len(parts) > 1 else Path(nb_path).stem
 
-# %% ../nbs/06_report.ipynb #6beb9219
+# %% ../nbs/06_report.ipynb #a1c9641b
 def reproduce(
     quick:bool=False, # quick mode: a tenth of the data, few epochs, quick tolerances
     only:str=None, # run only this chapter (a key of `CHAPTERS`)
