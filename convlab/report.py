@@ -205,8 +205,10 @@ def reproduce(
     refs = book_results(book)
     results = (out/'results.json').resolve()
     results.write_text(json.dumps([r for r in _read_rows(results) if r['chapter'] not in chapters], indent=1))
-    old = {k: os.environ.get(k) for k in ('CONVLAB_RESULTS', 'CONVLAB_QUICK')}
-    os.environ.update(CONVLAB_RESULTS=str(results), CONVLAB_QUICK='1' if quick else '0')
+    old = {k: os.environ.get(k) for k in ('CONVLAB_RESULTS', 'CONVLAB_QUICK', 'MPLBACKEND')}
+    # the kernels draw inline, so that figures reach the report even when the caller set MPLBACKEND=Agg
+    os.environ.update(CONVLAB_RESULTS=str(results), CONVLAB_QUICK='1' if quick else '0',
+                      MPLBACKEND='module://matplotlib_inline.backend_inline')
     failures, pages, sources = {}, {}, {}
     try:
         for p, chap in zip(nbs, chapters):
