@@ -6,10 +6,10 @@ Docs: https://convlab.github.io/convlab/report.html.md"""
 
 # %% auto #0
 __all__ = ['ROOT', 'CHAPTERS', 'COLS', 'book_results', 'judge', 'results_table', 'machine', 'data_source', 'run_notebook',
-           'save_figures', 'report_rows', 'write_report', 'chapter_of', 'reproduce']
+           'save_figures', 'offline_html', 'report_rows', 'write_report', 'chapter_of', 'reproduce']
 
 # %% ../nbs/06_report.ipynb #96fa3a52
-import base64, html, json, os, platform, time
+import base64, copy, html, json, os, platform, re, time
 from pathlib import Path
 import nbformat, torch, fastai
 from nbclient import NotebookClient
@@ -130,6 +130,18 @@ def save_figures(
             fn.write_bytes(base64.b64decode(png)); out.append(fn)
     return out
 
+# %% ../nbs/06_report.ipynb #58db7504
+_REMOTE_IMG = re.compile(r'!\[([^\]]*)\]\(https?://[^)]*\)')
+
+def offline_html(
+    nb, # an executed notebook
+)->str: # the HTML page
+    "`nb` as an HTML page that needs no network: remote images in markdown become their alt text"
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        if c.cell_type == 'markdown': c.source = _REMOTE_IMG.sub(r'\1', c.source)
+    return HTMLExporter().from_notebook_node(nb)[0]
+
 # %% ../nbs/06_report.ipynb #a8078606
 def _fmt(v): return '' if v is None else f'{v:g}' if isinstance(v, (int, float)) else str(v)
 _MARK = {True: '✓', False: '✗', None: '·'}
@@ -217,7 +229,7 @@ def reproduce(
             nb, err, secs = run_notebook(p, results, n_exp)
             nbformat.write(nb, out/p.name)
             save_figures(nb, out/'figures', p.stem)
-            (out/p.with_suffix('.html').name).write_text(HTMLExporter().from_notebook_node(nb)[0])
+            (out/p.with_suffix('.html').name).write_text(offline_html(nb))
             pages[p.stem] = (p.with_suffix('.html').name, secs)
             sources[chap] = data_source(chap)
             if err: failures[p.stem] = err; print(f"  FAILED at cell {err['cell']}: {err['error']}")
