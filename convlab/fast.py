@@ -37,7 +37,9 @@ class InMemoryDL(TfmdDL):
 
 # %% ../nbs/08_fast.ipynb #95923c90
 def in_memory(
-    dls:DataLoaders, # e.g. from `DataBlock.dataloaders`
+    dls:DataLoaders, # e.g. from `DataBlock.dataloaders`, or loaders `in_memory` already made
+    bs:int=None, # a new batch size for every loader; None keeps theirs
 )->DataLoaders: # the same loaders, batches sliced from memory
-    "`dls` with each `TfmdDL` replaced by an `InMemoryDL` over the same items and transforms"
-    return DataLoaders(*[dl.new(cls=InMemoryDL) for dl in dls], path=dls.path, device=dls.device)
+    "`dls` with each `TfmdDL` replaced by an `InMemoryDL` over the same items and transforms; decoded once, reused"
+    kw = {} if bs is None else dict(bs=bs)
+    return DataLoaders(*[dl.new(cls=InMemoryDL, **kw) for dl in dls], path=dls.path, device=dls.device)
