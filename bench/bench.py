@@ -56,7 +56,7 @@ def show(title, rows, n_images):
 def mnist_dls(bs=512):
     return DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files,
                      splitter=GrandparentSplitter('training', 'testing'), get_y=parent_label,
-                     batch_tfms=Normalize()).dataloaders(untar_data(URLs.MNIST), bs=bs, num_workers=0)
+                     batch_tfms=Normalize()).dataloaders(untar_data(URLs.MNIST), bs=bs)  # the book's call: fastai's default workers
 
 def fit_fastai(dls, epochs=1, lr=0.06, bn=True, one_cycle=True, hist=True):
     learn = Learner(dls, simple_cnn(MNIST_CHANS, first_ks=5, bn=bn), loss_func=F.cross_entropy, metrics=accuracy,
@@ -97,7 +97,7 @@ def fastbook(reps, chapter):
     def chapter_training(fast):
         "Every training run of the chapter at the book's settings, as the book builds its data or as our notebook does"
         d37 = DataBlock((ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files,
-                        splitter=GrandparentSplitter(), get_y=parent_label).dataloaders(sample, bs=64, num_workers=0)
+                        splitter=GrandparentSplitter(), get_y=parent_label).dataloaders(sample, bs=64)
         if fast: d64 = in_memory(mnist_dls(64)); d512 = in_memory(d64, bs=512)  # decoded once, for both batch sizes
         else: d64, d512 = mnist_dls(64), mnist_dls(512)
         l = Learner(d37, simple_cnn(), loss_func=F.cross_entropy, metrics=accuracy)

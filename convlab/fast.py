@@ -20,10 +20,11 @@ class InMemoryDL(TfmdDL):
         super().__init__(dataset, **kwargs)
         self.items = items if items is not None else self.decode_all()
 
-    def decode_all(self)->tuple: # one stacked tensor per part of an item, e.g. (images, labels)
-        "Run every item through the item pipeline once and stack the results"
-        its = [self.do_item(i) for i in progress_bar(range(self.n), leave=False)]
-        return tuple(torch.stack(list(o)) for o in zip(*its))
+    def decode_all(self, bs:int=1024)->tuple: # one stacked tensor per part of an item, e.g. (images, labels)
+        "Run every item through the item pipeline once, in this loader's worker processes, and stack the results"
+        dl = TfmdDL(self.dataset, bs=bs, num_workers=self.fake_l.num_workers, do_setup=False,
+                    after_item=self.after_item, before_batch=self.before_batch)  # in order, no batch transforms
+        return tuple(torch.cat(o) for o in zip(*progress_bar(dl, leave=False)))
 
     def create_batches(self, samps):
         for b in self.chunkify(samps):
