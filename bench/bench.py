@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--deep-blocks 10]
 
-Each figure is the median of `--reps` timed runs after one warm-up run, with the process's peak resident memory
-during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
-`--chapter` also times the whole fastbook chapter's training at the book's settings (about 6 minutes by the book's
+Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
+process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
+`--chapter` also times the whole fastbook chapter's training at the book's settings (about 8 minutes by the book's
 path on a 2-core CPU), once per path.
 """
 import argparse, os, platform, statistics, threading, time, warnings
@@ -35,22 +35,27 @@ class Peak:
         return self
     def __exit__(self, *a): self.stop.set(); self.t.join(); self.mb = max(self.mb, self.proc.memory_info().rss/2**20)
 
-def measure(fn, reps):
-    "Median seconds of `reps` calls of `fn` after one warm-up call, and the peak memory over the timed calls"
-    fn()
-    times = []
-    with Peak() as p:
-        for _ in range(reps):
-            t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
-    return statistics.median(times), p.mb
+def measure(rows, reps):
+    """`rows` of (name, fn) -> (name, seconds of each timed call, peak MB): one warm-up call each, then `reps` rounds
+    that call every fn in turn, so a slow spell of the machine falls on all rows alike"""
+    for _, fn in rows: fn()
+    times, peaks = [[] for _ in rows], [0.] * len(rows)
+    for _ in range(reps):
+        for i, (_, fn) in enumerate(rows):
+            with Peak() as p:
+                t = time.perf_counter(); fn(); times[i].append(time.perf_counter() - t)
+            peaks[i] = max(peaks[i], p.mb)
+    return [(name, t, mb) for (name, _), t, mb in zip(rows, times, peaks)]
 
 def show(title, rows, n_images):
-    "Print one table: seconds, ratio to the first row, images per second, peak memory"
+    "Print one table: median seconds (and range), ratio to the first row, images per second, peak memory"
     print(f'\n{title}')
-    base = rows[0][1]
-    for name, secs, mb in rows:
+    base = statistics.median(rows[0][1])
+    for name, times, mb in rows:
+        secs = statistics.median(times)
+        spread = f'({min(times):.2f}-{max(times):.2f})' if len(times) > 1 else ''
         rate = f'{n_images/secs:9.0f} img/s' if n_images else f"{'':>15}"
-        print(f'  {name:<44} {secs:8.2f} s  {base/secs:5.2f}x  {rate}  {mb:7.0f} MB peak')
+        print(f'  {name:<44} {secs:8.2f} s {spread:>13}  {base/secs:5.2f}x  {rate}  {mb:7.0f} MB peak')
 
 # fastbook 13: full MNIST, the chapter's batchnorm model, one epoch of 1cycle at bs 512 with ActivationStats
 def mnist_dls(bs=512):
@@ -68,7 +73,7 @@ def fit_fastai(dls, epochs=1, lr=0.06, bn=True, one_cycle=True, hist=True):
 def raw_epoch(xs, ys, vxs, vys, bs=512, lr=0.06):
     "The floor: the same model and data as plain tensors, a bare PyTorch epoch (train and validate), no hooks"
     model = simple_cnn(MNIST_CHANS, first_ks=5, bn=True)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-5)  # fastai's default optimiser
     model.train()
     for idx in torch.randperm(len(xs)).split(bs):
         if len(idx) < bs: break
@@ -86,12 +91,14 @@ def fastbook(reps, chapter):
     book = mnist_dls()
     fast = in_memory(book)
     xs, ys = plain(fast.train); vxs, vys = plain(fast.valid)
-    rows = [('book: DataBlock + Learner + ActivationStats', *measure(lambda: fit_fastai(book), reps)),
-            ('convlab: in_memory(dls), same Learner', *measure(lambda: fit_fastai(fast), reps)),
-            ('floor: plain tensors, bare loop, no hooks', *measure(lambda: raw_epoch(xs, ys, vxs, vys), reps))]
+    rows = measure([('book: DataBlock + Learner + ActivationStats', lambda: fit_fastai(book)),
+                    ('convlab: in_memory(dls), same Learner', lambda: fit_fastai(fast)),
+                    ('floor: plain tensors, bare loop, no hooks', lambda: raw_epoch(xs, ys, vxs, vys))], reps)
     show('fastbook 13, batchnorm 1cycle epoch, bs 512, ActivationStats(with_hist=True) (60,000 + 10,000 images)',
          rows, 70_000)
-    print(f'  fast path / floor: {rows[1][1]/rows[2][1]:.2f}x the floor')
+    ratios = [f / b for f, b in zip(rows[1][1], rows[2][1])]  # round by round
+    print(f'  fast path / floor: {statistics.median(rows[1][1])/statistics.median(rows[2][1]):.2f}x the floor '
+          f'(per round {min(ratios):.2f}-{max(ratios):.2f})')
     if not chapter: return
     sample = untar_data(URLs.MNIST_SAMPLE)
     def chapter_training(fast):
@@ -114,7 +121,7 @@ def fastbook(reps, chapter):
         set_seed(42)
         with Peak() as p:
             t = time.perf_counter(); accs = chapter_training(fast); secs = time.perf_counter() - t
-        out.append((name, secs, p.mb))
+        out.append((name, [secs], p.mb))
         print(f'  {name}: accuracies ' + ', '.join(f'{k} {v:.4f}' for k, v in accs.items()))
     show('fastbook 13, the whole chapter\'s training at the book\'s settings (one run each)', out, None)
 
@@ -137,27 +144,27 @@ def dlwpt(reps, deep_blocks, bf16):
             with ctx: loss = F.cross_entropy(model(x_all[idx]), ys[idx])
             opt.zero_grad(); loss.backward(); opt.step()
     for name, make in (('Net', Net), ('NetWidth', NetWidth), (f'NetResDeep({deep_blocks} blocks)', lambda: NetResDeep(n_blocks=deep_blocks))):
-        rows = [('book: DataLoader over a list, fp32 loop', *measure(lambda: loop_epoch(make), reps)),
-                ('in-memory tensor batches, fp32', *measure(lambda: tensor_epoch(make, False), reps)),
-                ('in-memory, channels_last, fp32', *measure(lambda: tensor_epoch(make, False, cl=True), reps))]
-        if bf16: rows.append(('in-memory tensor batches, bf16 autocast', *measure(lambda: tensor_epoch(make, True), reps)))
-        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64)', rows, len(xs))
+        rows = [('book: DataLoader over a list, fp32 loop', lambda: loop_epoch(make)),
+                ('in-memory tensor batches, fp32', lambda: tensor_epoch(make, False)),
+                ('in-memory, channels_last, fp32', lambda: tensor_epoch(make, False, cl=True))]
+        if bf16: rows.append(('in-memory tensor batches, bf16 autocast', lambda: tensor_epoch(make, True)))
+        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64)', measure(rows, reps), len(xs))
     if not bf16: print('\n  bf16 autocast not timed: this CPU has no bf16 arithmetic (avx512_bf16, amx_bf16) and there is no GPU;\n'
                        '  emulated bf16 is slower than fp32. --bf16 times it anyway.')
+
+def cpuinfo(): return open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
 
 def has_bf16():
     "Whether bf16 arithmetic runs natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX"
     if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
-    flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+    return 'avx512_bf16' in cpuinfo() or 'amx_bf16' in cpuinfo()
 
 def machine():
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) \
-          if os.path.exists('/proc/cpuinfo') else platform.processor()
-    flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
+    info = cpuinfo()
+    cpu = next((l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')), platform.processor())
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
     return (f'CPU {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, '
-            f"AVX-512 BF16 {'yes' if 'avx512_bf16' in flags else 'no'}, GPU {gpu}\n"
+            f"AVX-512 BF16 {'yes' if 'avx512_bf16' in info else 'no'}, GPU {gpu}\n"
             f'python {platform.python_version()}, torch {torch.__version__}, fastai {fastai.__version__}')
 
 if __name__ == '__main__':
