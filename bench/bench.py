@@ -157,7 +157,8 @@ def cpuinfo(): return open('/proc/cpuinfo').read() if os.path.exists('/proc/cpui
 def has_bf16():
     "Whether bf16 arithmetic runs natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX"
     if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
-    return 'avx512_bf16' in cpuinfo() or 'amx_bf16' in cpuinfo()
+    flags = cpuinfo()
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 def machine():
     info = cpuinfo()
