@@ -1,6 +1,6 @@
 """Training speed of both chapters, the books' code path beside convlab's faster ones, measured in one run.
 
-    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--deep-blocks 10]
+    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt] [--deep-blocks 10]
 
 Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
 process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
@@ -8,20 +8,23 @@ process's peak resident memory during those runs and the images per second it im
 path on a 2-core CPU), once per path.
 """
 import argparse, os, platform, statistics, threading, time, warnings
+from functools import partial
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)  # raised inside fastai's import
 warnings.filterwarnings('ignore', message=r'You are shadowing an attribute \(modules\)')  # ActivationStats, harmless
-from contextlib import nullcontext
 import psutil, torch, fastai
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, PILImageBW, GrandparentSplitter, Normalize,
                                get_image_files, parent_label, Learner, accuracy, set_seed, URLs)
 from fastai.callback.hook import ActivationStats
+from fastai.torch_core import default_device
 from convlab.data import untar_data
 from convlab.cnn import simple_cnn
 from convlab.fast import in_memory
-from convlab.nets import Net, NetWidth, NetResDeep
-from convlab.loop import cifar_subset, get_device, training_loop
+from convlab.nets import Net, NetWidth, NetBatchNorm, NetResDeep
+from convlab.core import describe_device
+from convlab.data import cifar_subset
+from convlab.loop import stack_pairs, training_loop, train_run, train_runs
 
 MNIST_CHANS = (1, 8, 16, 32, 64, 10)
 
@@ -55,7 +58,8 @@ def show(title, rows, n_images):
         secs = statistics.median(times)
         spread = f'({min(times):.2f}-{max(times):.2f})' if len(times) > 1 else ''
         rate = f'{n_images/secs:9.0f} img/s' if n_images else f"{'':>15}"
-        print(f'  {name:<44} {secs:8.2f} s {spread:>13}  {base/secs:5.2f}x  {rate}  {mb:7.0f} MB peak')
+        peak = f'{mb:7.0f} MB peak' if mb is not None else ''
+        print(f'  {name:<44} {secs:8.2f} s {spread:>13}  {base/secs:5.2f}x  {rate}  {peak}')
 
 # fastbook 13: full MNIST, the chapter's batchnorm model, one epoch of 1cycle at bs 512 with ActivationStats
 def mnist_dls(bs=512):
@@ -125,57 +129,49 @@ def fastbook(reps, chapter):
         print(f'  {name}: accuracies ' + ', '.join(f'{k} {v:.4f}' for k, v in accs.items()))
     show('fastbook 13, the whole chapter\'s training at the book\'s settings (one run each)', out, None)
 
-# DLwPT 8: one epoch of CIFAR-2 (10,000 images, batch 64, SGD) for three of the chapter's models
-def dlwpt(reps, deep_blocks, bf16):
-    device = get_device()
-    cifar2 = cifar_subset(untar_data(URLs.CIFAR), 'train')
-    xs, ys = torch.stack([x for x, _ in cifar2]).to(device), torch.tensor([y for _, y in cifar2]).to(device)
-    def loop_epoch(make):
-        model = make().to(device)
-        training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(),
-                      DataLoader(cifar2, batch_size=64, shuffle=True), log_every=10**9)
-    def tensor_epoch(make, amp, cl=False):
-        model = make().to(device).train()
-        if cl: model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-        x_all = xs.contiguous(memory_format=torch.channels_last) if cl else xs
-        for idx in torch.randperm(len(xs), device=device).split(64):
-            with ctx: loss = F.cross_entropy(model(x_all[idx]), ys[idx])
-            opt.zero_grad(); loss.backward(); opt.step()
-    for name, make in (('Net', Net), ('NetWidth', NetWidth), (f'NetResDeep({deep_blocks} blocks)', lambda: NetResDeep(n_blocks=deep_blocks))):
-        rows = [('book: DataLoader over a list, fp32 loop', lambda: loop_epoch(make)),
-                ('in-memory tensor batches, fp32', lambda: tensor_epoch(make, False)),
-                ('in-memory, channels_last, fp32', lambda: tensor_epoch(make, False, cl=True))]
-        if bf16: rows.append(('in-memory tensor batches, bf16 autocast', lambda: tensor_epoch(make, True)))
-        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64)', measure(rows, reps), len(xs))
-    if not bf16: print('\n  bf16 autocast not timed: this CPU has no bf16 arithmetic (avx512_bf16, amx_bf16) and there is no GPU;\n'
-                       '  emulated bf16 is slower than fp32. --bf16 times it anyway.')
-
-def cpuinfo(): return open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-
-def has_bf16():
-    "Whether bf16 arithmetic runs natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX"
-    if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
-    flags = cpuinfo()
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+# DLwPT 8: one training epoch of CIFAR-2 (10,000 images, batch 64, SGD) for three of the chapter's models, the book's way
+# and through the chapter's fast path (convlab.loop.train_run / train_runs, exactly what notebook 20 calls)
+def dlwpt(reps, deep_blocks):
+    path = untar_data(URLs.CIFAR)
+    cifar2, cifar2_val = cifar_subset(path, 'train'), cifar_subset(path, 'test')
+    data = (*stack_pairs(cifar2), *stack_pairs(cifar2_val))
+    def book_epoch(make):
+        "The book's path: a DataLoader over the list of pairs, default memory layout, this process's threads"
+        set_seed(0); model = make().to(default_device())
+        loader = DataLoader(cifar2, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        t = time.perf_counter()
+        training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(), loader, bar=False)
+        return time.perf_counter() - t
+    def fast_epoch(make): return train_run(make, data, 1)['seconds']  # batches from memory, channels_last on a CPU
+    def fast_pair(make):
+        "Two one-epoch trainings side by side in single-thread processes: the time per epoch of the pair"
+        rs = train_runs({'a': dict(make_model=make, n_epochs=1), 'b': dict(make_model=make, n_epochs=1, seed=1)}, data, n_workers=2)
+        return max(r['seconds'] for r in rs.values())/2
+    makes = [('Net', Net), ('NetWidth', NetWidth), ('NetBatchNorm', NetBatchNorm)]
+    if deep_blocks: makes.append((f'NetResDeep({deep_blocks} blocks)', partial(NetResDeep, n_blocks=deep_blocks)))
+    for name, make in makes:
+        rows = [('book: DataLoader over a list', book_epoch), (f'fast path, one training ({torch.get_num_threads()} threads)', fast_epoch)]
+        if default_device().type == 'cpu' and torch.get_num_threads() > 1:
+            rows.append(('fast path, two side by side (1 thread each)', fast_pair))
+        times = [[] for _ in rows]
+        for f in (fn for _, fn in rows): f(make)  # warm-up
+        for _ in range(reps):
+            for i, (_, fn) in enumerate(rows): times[i].append(fn(make))
+        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64), seconds of training only',
+             [(n, t, None) for (n, _), t in zip(rows, times)], len(cifar2))
 
 def machine():
-    info = cpuinfo()
-    cpu = next((l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')), platform.processor())
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
-    return (f'CPU {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, '
-            f"AVX-512 BF16 {'yes' if 'avx512_bf16' in info else 'no'}, GPU {gpu}\n"
+    "What ran the benchmark: the device (GPU name, or CPU model and torch's threads), cores, versions"
+    return (f'{describe_device()}; {os.cpu_count()} logical cores\n'
             f'python {platform.python_version()}, torch {torch.__version__}, fastai {fastai.__version__}')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--reps', type=int, default=3, help='timed repetitions after the warm-up (median reported)')
     p.add_argument('--chapter', action='store_true', help="also time the fastbook chapter's whole training, once per path")
-    p.add_argument('--deep-blocks', type=int, default=10, help='residual blocks of NetResDeep (the book: 100)')
+    p.add_argument('--deep-blocks', type=int, default=0, help='also time NetResDeep with this many residual blocks (the book: 100)')
     p.add_argument('--only', choices=['fastbook', 'dlwpt'], help='one chapter only')
-    p.add_argument('--bf16', action='store_true', help='time bf16 autocast even without bf16 hardware (slow)')
     a = p.parse_args()
     print(machine())
     if a.only in (None, 'fastbook'): fastbook(a.reps, a.chapter)
-    if a.only in (None, 'dlwpt'): dlwpt(a.reps, a.deep_blocks, a.bf16 or has_bf16())
+    if a.only in (None, 'dlwpt'): dlwpt(a.reps, a.deep_blocks)

@@ -12,6 +12,7 @@ __all__ = ['nparams', 'NetLayers', 'Net', 'NetWidth', 'NetDropout', 'NetBatchNor
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .kernels import same_pad
 
 # %% ../nbs/04_nets.ipynb #7b9db507
 def nparams(
@@ -34,13 +35,6 @@ class NetLayers(nn.Module):
         out = self.pool2(self.act2(self.conv2(out)))
         return self.fc2(self.act3(self.fc1(out.flatten(1))))
 
-# %% ../nbs/04_nets.ipynb #60370529
-def _same_padding(ks)->tuple: # padding per axis
-    "Padding that keeps the grid size at stride 1 for an odd kernel size `ks` (int or pair)"
-    ks = (ks, ks) if isinstance(ks, int) else tuple(ks)
-    if any(k % 2 == 0 for k in ks): raise ValueError(f"kernel size {ks} has an even side: no padding keeps the size")
-    return tuple(k//2 for k in ks)
-
 # %% ../nbs/04_nets.ipynb #4166bf72
 class Net(nn.Module):
     "The chapter's baseline CNN in functional style: two conv-tanh-maxpool stages, then two linear layers"
@@ -49,8 +43,9 @@ class Net(nn.Module):
                  ks=3): # kernel size of both convolutions: odd int or `(h, w)` pair
         super().__init__()
         self.n_chans1 = n_chans1
-        self.conv1 = nn.Conv2d(3, n_chans1, kernel_size=ks, padding=_same_padding(ks))
-        self.conv2 = nn.Conv2d(n_chans1, n_chans1//2, kernel_size=ks, padding=_same_padding(ks))
+        pad = same_pad(ks) if isinstance(ks, int) else tuple(map(same_pad, ks))  # per axis for an (h, w) kernel
+        self.conv1 = nn.Conv2d(3, n_chans1, kernel_size=ks, padding=pad)
+        self.conv2 = nn.Conv2d(n_chans1, n_chans1//2, kernel_size=ks, padding=pad)
         self.fc1 = nn.Linear(8*8*n_chans1//2, 32)
         self.fc2 = nn.Linear(32, 2)
 
