@@ -68,10 +68,11 @@ def conv_work(
 # %% ../nbs/03_cnn.ipynb #4cf08fc3
 def batch_loss(
     model:nn.Module, # model to evaluate
-    xb:Tensor, # inputs, possibly a fastai tensor subclass
-    yb:Tensor, # targets, possibly a fastai tensor subclass
+    xb:Tensor, # inputs, possibly a fastai tensor subclass, on any device
+    yb:Tensor, # targets, possibly a fastai tensor subclass, on any device
     loss_func=F.cross_entropy, # loss taking (predictions, targets)
-)->Tensor: # scalar loss, a plain `Tensor`
-    "Loss of `model` on one batch, on plain tensors so that fastai's tensor subclasses do not get in the way"
-    xb, yb = xb.as_subclass(Tensor), yb.as_subclass(Tensor)
+)->Tensor: # scalar loss, a plain `Tensor` on the model's device
+    "Loss of `model` on one batch, on plain tensors on the model's device, so that neither fastai's tensor subclasses nor a batch on another device get in the way"
+    dev = next(model.parameters(), xb).device  # the model's device (the batch's, for a model without parameters)
+    xb, yb = xb.as_subclass(Tensor).to(dev), yb.as_subclass(Tensor).to(dev)
     return loss_func(model(xb), yb)

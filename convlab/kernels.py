@@ -138,15 +138,16 @@ def receptive_field(
 # %% ../nbs/02_kernels.ipynb #32114294
 def grad_footprint(
     model:nn.Module, # a model whose output has shape [n,c,h,w]
-    xb:Tensor, # input batch [n,ci,H,W]
+    xb:Tensor, # input batch [n,ci,H,W], on any device: it is moved to the model's
     row:int, # row of the output activation
     col:int, # column of the output activation
     channel:int=0, # channel of the output activation
-)->Tensor: # bool [H,W]: True where the input's gradient is nonzero
+)->Tensor: # bool [H,W] on the CPU: True where the input's gradient is nonzero
     "Input pixels that the output activation at (`channel`, `row`, `col`) depends on, measured by autograd"
-    xb = xb.detach().as_subclass(Tensor).clone().requires_grad_()
+    dev = next(model.parameters(), xb).device  # the model's device (the batch's, for a model without parameters)
+    xb = xb.detach().as_subclass(Tensor).to(dev).clone().requires_grad_()
     was_training = model.training
     model.eval()
     try: model(xb)[:, channel, row, col].sum().backward()
     finally: model.train(was_training)
-    return xb.grad.abs().sum((0,1)) > 0
+    return (xb.grad.abs().sum((0,1)) > 0).cpu()

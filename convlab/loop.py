@@ -148,9 +148,9 @@ def _in_processes(runs:dict, data:tuple, n_workers:int)->dict:
 def train_runs(
     runs:dict, # name -> keyword arguments of `train_run` other than `data`
     data:tuple, # (xs, ys, val_xs, val_ys), shared by every run
-    n_workers:int=None, # processes on a CPU; default: as many as torch has threads here
+    n_workers:int=1, # on a CPU, more than 1: that many single-thread processes side by side
 )->dict: # name -> what `train_run` returned
-    "Every run of `runs`: in single-thread processes side by side on a CPU with several cores, else one after the other here"
-    n = min(len(runs), n_workers or torch.get_num_threads())
+    "Every run of `runs`: one after the other here, or in `n_workers` single-thread processes side by side on a CPU"
+    n = min(len(runs), n_workers)
     if default_device().type == 'cpu' and n > 1: return _in_processes(runs, data, n)
     return {name: train_run(data=data, **kw) for name, kw in progress_bar(list(runs.items()), leave=False)}

@@ -1,6 +1,8 @@
-import os, shutil
+import os, socket, subprocess, sys
+from contextlib import contextmanager
 from pathlib import Path
 import pytest
+from distributed import Client
 from fastai.data.external import fastai_cfg, fastai_path
 from convlab.data import MNIST_WHEEL, CIFAR_ARCHIVE, mnist_wheel
 
@@ -32,3 +34,40 @@ def home(tmp_path, monkeypatch, wheel)->Path:
     fastai_cfg.cache_clear()  # fastai caches its config, and so the data folder, per process
     yield tmp_path/'fastai'
     fastai_cfg.cache_clear()
+
+BIN = Path(sys.executable).parent
+
+def free_port()->int:
+    "A TCP port nothing listens on now"
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@contextmanager
+def dask_cluster(logs:Path, n_workers:int=2):
+    "A `dask scheduler` and `n_workers` `dask worker`s of one thread each, separate processes on localhost; yields the scheduler's address"
+    port = free_port(); addr = f'tcp://127.0.0.1:{port}'
+    logs.mkdir(parents=True, exist_ok=True)
+    cmds = [[str(BIN/'dask'), 'scheduler', '--host', '127.0.0.1', '--port', str(port), '--no-dashboard']]
+    cmds += [[str(BIN/'dask'), 'worker', addr, '--nthreads', '1', '--no-dashboard', '--name', f'w{i}'] for i in range(n_workers)]
+    procs = [subprocess.Popen(c, stdout=open(logs/f'{c[1]}{i}.log', 'w'), stderr=subprocess.STDOUT) for i, c in enumerate(cmds)]
+    try:
+        with Client(addr, timeout=120) as c: c.wait_for_workers(n_workers, timeout=120)
+        yield addr
+    finally:
+        for p in reversed(procs): p.terminate()
+        for p in procs:
+            try: p.wait(30)
+            except subprocess.TimeoutExpired: p.kill(); p.wait()
+
+@pytest.fixture(scope='session')
+def cluster(tmp_path_factory)->str:
+    "The scheduler address of a Dask cluster of separate processes (a scheduler, two single-thread workers) shared by the session"
+    with dask_cluster(tmp_path_factory.mktemp('dask')) as addr: yield addr
+
+@pytest.fixture(scope='session')
+def fastbook13_report(cluster, tmp_path_factory)->tuple:
+    "(report folder, finished process) of one quick `convlab reproduce` of fastbook13 with 2 seeds on `cluster`, shared by the session"
+    out = tmp_path_factory.mktemp('fastbook13')/'report'
+    res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--seeds', '2', '--only', 'fastbook13',
+                          '--scheduler', cluster], capture_output=True, text=True)
+    return out, res
