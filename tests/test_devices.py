@@ -66,17 +66,13 @@ def describe(fn:Path, res:dict)->str:
     out += [f"{Path(fn).name}, cell {e['cell']} ({e['line']!r}): {e['error']}" for e in res['errors'] if (e['cell'], e['error']) not in seen]
     return '\n'.join(out)
 
-# Emulated, a notebook's training runs several times slower than plain (measured in quick mode on 2 cores: nb10 430 CPU s
-# against 75, nb11 225, nb20 950, where the GPU path trains the 100-block net). CI runs the library notebooks (the plain
-# PyTorch loop of 05_loop included), nb10 (where the chapter's `to_cpu` cells live) and nb21; `CONVLAB_EMULATE_ALL=1` runs all.
-HEAVY = {'11_fastbook13_questionnaire', '20_dlwpt08_convolutions'}
+# Emulated, a notebook runs several times slower than plain (nb10 in quick mode on 2 cores: 430 CPU s against 75);
+# nb11 and nb20 together took 204 s wall here once nb20's trainings ran one after another. CI runs every notebook.
 
 @pytest.mark.parametrize('fn', CHAPTERS + LIBRARY, ids=lambda p: p.stem)
 def test_notebook_on_emulated_gpu(fn, tmp_path):
     "Every cell runs on the emulated GPU, and no cell mixes devices (not even one that catches the error)"
     if not os.environ.get('CONVLAB_DATA_MIRROR'): pytest.skip('CONVLAB_DATA_MIRROR is not set: the notebooks need their data')
-    if fn.stem in HEAVY and os.environ.get('CONVLAB_EMULATE_ALL') != '1':
-        pytest.skip(f'{fn.stem} takes 4-16 CPU minutes emulated: set CONVLAB_EMULATE_ALL=1 to run it')
     res = run_notebook(fn, tmp_path/'mixups.jsonl')
     print(timing(fn, res))  # shown by `pytest -rA`
     assert not res['mixups'] and not res['errors'], f"device mix-ups or errors on the emulated GPU:\n{describe(fn, res)}"
