@@ -13,9 +13,13 @@ How it works:
 - where a tensor lives is a mark on its storage's Python object (`'cuda'`, `'cpu'`, or none yet). Views, `.data`,
   `as_subclass`, `nn.Parameter` and the copies autograd saves for backward share the storage, so they share the
   mark, and a mark dies with its storage (no addresses that get reused).
-- a `TorchDispatchMode` sees every aten op, forward and backward: an op with a tensor on the GPU and a CPU tensor of
-  dimension >= 1 raises CUDA's `RuntimeError` (CPU 0-dim scalars, CPU indices into a GPU tensor and copies across
-  devices are allowed, as in CUDA), and the outputs of an op with a GPU input are on the GPU.
+- a `TorchDispatchMode` sees every aten op, forward and backward, and raises CUDA's `RuntimeError` where one mixes a
+  tensor on the GPU with a CPU tensor, by CUDA's rules: a CUDA kernel's generated device check (every tensor argument
+  on one device, 0-dim CPU tensors too: `torch.stack`, `index_select`, `clamp(min=t)`, `F.embedding`) unless
+  `native_functions.yaml` (shipped with torch, in `torchgen`) marks the op `device_check: NoCheck`; such an op checks
+  for itself, and takes a CPU 0-dim tensor as a scalar (TensorIterator's elementwise ops, `where`, `masked_fill`) and
+  CPU indices into a GPU tensor (`gpu[cpu_idx]`); a convolution of a GPU input checks the types of its weight and bias
+  (cuDNN's path). Copies across devices are allowed. The outputs of an op with a GPU input are on the GPU.
 - a `TorchFunctionMode` sees the Python API: `.device`, `.is_cuda`, `.to`/`.cuda`/`.cpu` (so `Module.to`), `device=`
   arguments of factories, `.numpy()` and `np.asarray` of a GPU tensor (CUDA's `TypeError`). A tensor that reaches
   user code without a mark (`torch.from_numpy`, a DataLoader worker's output) is a CPU tensor; one that C++ code
@@ -23,15 +27,22 @@ How it works:
   of what it is combined with, so that CUDA's own internals never raise.
 - `torch.cuda.is_available()` and friends say there is one GPU, named `NAME`; `torch.save` writes a GPU tensor's
   location as `cuda:0`, and `torch.load` gives it back on the GPU unless `map_location` says otherwise.
+- `torch.Generator(device='cuda')` is a CPU generator that says it is on the GPU; a random op on one device with a
+  generator of the other raises as CUDA does. `pin_memory()` (and a DataLoader's `pin_memory=True`, in its own thread)
+  gives a CPU tensor whose `is_pinned()` is True, as on CUDA.
 
 Limits. Checks it misses: ops in threads other than the one that enabled it (the modes are thread-local) and in
 processes started by spawn; mixes inside torch's own Python functions between tensors they make there and CPU tensors;
-CUDA's stricter rule for CPU 0-dim tensors outside elementwise ops. Not emulated: memory (no out-of-memory), streams,
-events, CUDA graphs, AMP, pinned memory (`pin_memory` does nothing), legacy `torch.cuda.FloatTensor` types,
-`torch.set_default_device('cuda')`, `torch.compile`; a GPU tensor prints without `device='cuda:0'`. Code that takes a
-GPU-only path (bigger models when a GPU is found) does that work on the CPU.
+the finer rules of ops marked `NoCheck` (a TensorIterator built without `allow_cpu_scalars` takes no CPU scalar, one
+built with it one at most). A composite op (no CUDA kernel of its own, as `stack`) is checked as a whole: its message
+names its own argument and no wrapper, where CUDA's names those of the op it calls (`cat`). A CPU input into a
+convolution with GPU weights raises the generated check's message, where CUDA's kernel for that input may raise its own
+type check. Not emulated: memory (no out-of-memory), streams, events, CUDA graphs, AMP, legacy `torch.cuda.FloatTensor`
+types, `torch.set_default_device('cuda')`, `torch.compile`; a GPU tensor prints without `device='cuda:0'`. Code that
+takes a GPU-only path (bigger models when a GPU is found) does that work on the CPU.
 """
-import contextlib, json, os, traceback
+import contextlib, importlib.util, json, os, re, traceback
+from pathlib import Path
 from types import SimpleNamespace
 import torch, torch.utils.data
 from torch.overrides import TorchFunctionMode
@@ -100,26 +111,83 @@ _INDEXED = {**dict.fromkeys([aten.index.Tensor, aten.index_put.default, aten.ind
             **dict.fromkeys([aten.index_fill.int_Scalar, aten.index_fill.int_Tensor, aten.index_fill_.int_Scalar,
                              aten.index_fill_.int_Tensor], 2)}
 
+def _checked_ops()->dict:
+    "aten op name -> whether its CUDA kernel comes with the generated device check (`device_check` in native_functions.yaml)"
+    spec = importlib.util.find_spec('torchgen')  # torch's code generator, shipped with torch with the yaml it generated from
+    fn = Path(spec.submodule_search_locations[0])/'packaged'/'ATen'/'native'/'native_functions.yaml'
+    res = {}
+    for entry in re.split(r'^- func: ', fn.read_text(), flags=re.M)[1:]:
+        res[entry[:entry.index('(')]] = (not re.search(r'^\s+device_check:\s*NoCheck', entry, re.M),
+                                         bool(re.search(r'^\s+structured(_delegate)?:', entry, re.M)))
+    return res
+
+_CHECKED = _checked_ops()
+_CONV = {aten.convolution.default, aten._convolution.default}
+
+def _dev(d:str)->str: return 'cuda:0' if d == 'cuda' else d
+
+def _method(func)->str:
+    "The name the generated CUDA wrapper of `func` gives in its device check (torchgen's `RegisterDispatchKey`)"
+    s = func._schema
+    out = '_out' if any(a.is_out for a in s.arguments) else ''
+    name, ovl, key = s.name.split('::')[-1] + out, s.overload_name, f'{s.name}.{s.overload_name}'.rstrip('.')
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(key, 'CUDA'):  # composite: the check is an op's it calls
+        return f'wrapper_CUDA_... of an op that {key} calls; emulated GPU'
+    return f"wrapper_CUDA_{name}{'_' + ovl if ovl else ''}" if _CHECKED[key.split('::')[-1]][1] else f'wrapper_CUDA_{ovl}_{name}'
+
+def _exact_same(func, args, kwargs):
+    "The generated device check of CUDA kernels: every tensor argument (0-dim CPU tensors too) on the first one's device"
+    common = None
+    for i, a in enumerate(func._schema.arguments):
+        if a.kwarg_only and not a.is_out: continue  # the generated check skips keyword-only arguments other than `out`
+        v = args[i] if i < len(args) else kwargs.get(a.name)
+        for t in _tensors(v):
+            d = device_of(t)
+            if d is None: continue
+            if common is None: common = d
+            elif d != common:
+                _fail(RuntimeError(f'Expected all tensors to be on the same device, but got {a.name} is on {_dev(d)}, different '
+                                   f'from other tensors on {_dev(common)} (when checking argument in method {_method(func)})'))
+
+def _type(t)->str:
+    "A tensor's type as ATen's `toString` writes it in messages: `CUDAFloatType`, `CPULongType`"
+    scalar = torch.Tensor.type(t).split('.')[-1][:-len('Tensor')]  # the real torch's legacy name: torch.FloatTensor...
+    return f"{'CUDA' if device_of(t) == 'cuda' else 'CPU'}{scalar}Type"
+
+def _conv_types(func, args, kwargs):
+    "`_convolution` on a GPU input (cuDNN): input, weight and bias of one type, device included; on a CPU input, its kernels' checks"
+    if device_of(args[0]) != 'cuda': return _exact_same(func, args, kwargs)
+    for what, p in (('weight', args[1]), ('bias', args[2])):
+        if p is not None and device_of(p) == 'cpu':
+            _fail(RuntimeError(f'Input type ({_type(args[0])}) and {what} type ({_type(p)}) should be the same'))
+
+def _tensor_iterator(func, args, kwargs):
+    "What ops without the generated check (TensorIterator's, indexing) take: CPU tensors of dimension 0, CPU indices"
+    cpu = next((t for t in _tensors(*args, *kwargs.values()) if device_of(t) == 'cpu' and t.dim()), None)
+    i = _INDEXED.get(func)
+    if cpu is not None and i and device_of(args[0]) == 'cuda':
+        cpu = next((t for t in _tensors(*args[:i], *args[i+1:], *kwargs.values()) if device_of(t) == 'cpu' and t.dim()), None)
+    if cpu is not None: _mixup(func, cpu)
+
+def _check(func, args, kwargs):
+    "Raise as CUDA does where aten op `func` mixes the GPU and the CPU"
+    if func in _ANY_DEVICE: return
+    if func in _CONV: return _conv_types(func, args, kwargs)
+    name = func._schema.name.split('::')[-1] + (f'.{func._schema.overload_name}' if func._schema.overload_name else '')
+    if _CHECKED.get(name, (False,))[0]: _exact_same(func, args, kwargs)
+    else: _tensor_iterator(func, args, kwargs)
+
 class _DeviceRules(TorchDispatchMode):
-    "Raise where an aten op mixes a GPU tensor with a CPU tensor of dimension >= 1; outputs of GPU inputs are on the GPU"
+    "Raise where an aten op mixes a GPU tensor with a CPU tensor as CUDA does; outputs of GPU inputs are on the GPU"
     @classmethod
     def _should_skip_dynamo(cls): return False  # no torch.compile here: spare every op the wrapper that turns Dynamo off
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if torch._C._is_torch_function_mode_enabled():  # an op run outside any torch function: keep `_DeviceApi` out of it
             with torch._C.DisableTorchFunction(): return self.__torch_dispatch__(func, types, args, kwargs)
-        on_gpu, cpu = False, None
-        for t in _tensors(*args, *kwargs.values()):
-            s = _storage(t)
-            d = None if s is None else getattr(s, _KEY, None)
-            if d == 'cuda': on_gpu = True
-            elif d == 'cpu' and cpu is None and t.dim(): cpu = t
-        if not on_gpu: return func(*args, **kwargs)
-        if cpu is not None and func not in _ANY_DEVICE:
-            i = _INDEXED.get(func)
-            if i and device_of(args[0]) == 'cuda':
-                cpu = next((t for t in _tensors(*args[:i], *args[i+1:], *kwargs.values()) if device_of(t) == 'cpu' and t.dim()), None)
-            if cpu is not None: _mixup(func, cpu)
+        devs = {device_of(t) for t in _tensors(*args, *kwargs.values())}
+        if 'cuda' not in devs: return func(*args, **kwargs)
+        if 'cpu' in devs: _check(func, args, kwargs)
         return _mark(func(*args, **kwargs), 'cuda')
 
 # The Python level: devices as torch and fastai ask for them
@@ -168,9 +236,19 @@ def _set_grad(t, g):
         _fail(RuntimeError('assigned grad has data of a different type (emulated GPU)'))
     torch._C.TensorBase.grad.__set__(t, g)
 
-def _pin_memory(t, *args, **kwargs):
-    if device_of(t) == 'cuda': _fail(RuntimeError("cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned"))
-    return t.clone()
+# Pinned memory: a mark on the storage, as pinning is the storage's
+_PINNED = '_emulated_pinned'
+def _is_pinned(t, device=None)->bool: return bool(getattr(_storage(t), _PINNED, False))
+
+def _pinned(t:torch.Tensor)->torch.Tensor:
+    s = _storage(t)
+    if s is not None: setattr(s, _PINNED, True)
+    return t
+
+def _pin_memory(t, device=None):
+    "A pinned copy of CPU tensor `t` (`t` itself when pinned already), as on CUDA; in any thread (DataLoader pins in its own)"
+    if device_of(t) == 'cuda': _fail(RuntimeError(f"cannot pin '{_type(t)}' only dense CPU tensors can be pinned"))
+    return t if _is_pinned(t) else _pinned(t.clone())
 
 _B = torch._C.TensorBase
 _GETTERS = {_B.device: lambda t: GPU if device_of(t) == 'cuda' else _B.device.__get__(t),
@@ -179,8 +257,27 @@ _GETTERS = {_B.device: lambda t: GPU if device_of(t) == 'cuda' else _B.device.__
 _METHODS = {_B.to: _to, _B.cuda: lambda t, device=None, non_blocking=False, **kw: _move(t, _target(device or 'cuda'), None, non_blocking, **kw),
             _B.cpu: lambda t, **kw: _move(t, 'cpu', **kw), _B.numpy: _numpy, torch.Tensor.__array__: _array,
             _B.type_as: lambda t, other: _move(t, device_of(other) or 'cpu', other.dtype),
-            _B.get_device: lambda t: 0 if device_of(t) == 'cuda' else _B.get_device(t), _B.pin_memory: _pin_memory,
+            _B.get_device: lambda t: 0 if device_of(t) == 'cuda' else _B.get_device(t),
             _B.grad.__set__: _set_grad}
+
+class _CudaGenerator(torch._C.Generator):
+    "What `torch.Generator(device='cuda')` gives while emulated: a CPU generator that says it is on the GPU"
+    device = property(lambda self: GPU)
+
+class _GeneratorType(type):
+    "`torch.Generator` while emulated: makes `_CudaGenerator`s for the GPU, and counts every generator as one"
+    def __call__(cls, device='cpu'): return _CudaGenerator() if _target(device) == 'cuda' else torch._C.Generator(device)
+    def __instancecheck__(cls, o): return isinstance(o, torch._C.Generator)
+    def __subclasscheck__(cls, c): return issubclass(c, torch._C.Generator)
+
+class _Generator(metaclass=_GeneratorType): "torch.Generator, emulated"
+
+def _check_generator(gen, dev:str):
+    "CUDA's kernels take only CUDA generators, the CPU's only CPU ones (`check_generator`)"
+    have = 'cuda' if isinstance(gen, _CudaGenerator) else gen.device.type
+    if have in ('cpu', 'cuda') and have != dev:
+        _fail(RuntimeError(f"Expected a '{dev}' device type for generator but found '{have}'"))
+
 _FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}  # their data's device, or the CPU when the data is no tensor
 _MethodWrapper = type(_B.device.__get__)
 
@@ -206,10 +303,17 @@ class _DeviceApi(TorchFunctionMode):
             if dev == 'cuda': kwargs['device'] = 'cpu'
             elif dev != 'cpu': return func(*args, **kwargs)  # mps, meta...: torch's own answer
         elif func in _FROM_DATA and args and not isinstance(args[0], torch.Tensor): dev = 'cpu'
+        gen = kwargs.get('generator')
+        if isinstance(gen, torch._C.Generator): _check_generator(gen, dev or ('cuda' if on_gpu else 'cpu'))
+        pin = kwargs.get('pin_memory')
+        if pin:  # `torch.empty(..., pin_memory=True)`: pinned CPU memory, as with CUDA
+            if dev == 'cuda': _fail(RuntimeError('Only dense CPU tensors can be pinned'))
+            kwargs['pin_memory'] = False
         out = func(*args, **kwargs)
+        if pin: _pinned(out)
         if dev is None: return _mark(out, 'cuda') if on_gpu else out
         if isinstance(out, torch.Tensor):  # a factory: the device it was asked for, never an input's storage
-            if any(_storage(out) is _storage(t) for t in _tensors(*args)): out = out.clone()
+            if any(_storage(out) is _storage(t) for t in _tensors(*args)): out = _pinned(out.clone()) if pin else out.clone()
             _mark(out, dev, force=True)
         return out
 
@@ -231,7 +335,8 @@ _PATCHES = {torch.cuda: dict(is_available=lambda: True, device_count=lambda: 1, 
                              current_stream=lambda device=None: _STREAM, is_current_stream_capturing=lambda: False),
             torch.accelerator: dict(current_device_index=lambda: 0, set_device_index=_set_device, current_stream=lambda device=None: _STREAM,
                                     synchronize=lambda device=None: None),  # the rest of torch.accelerator asks torch.cuda
-            torch.utils.data._utils.pin_memory: dict(pin_memory=lambda data, device=None: data)}  # no pinned memory to use
+            torch.Tensor: dict(pin_memory=_pin_memory, is_pinned=_is_pinned),  # for every thread: DataLoader pins in its own
+            torch: dict(Generator=_Generator)}
 
 def _tag(storage):
     "torch.save's location of a storage on the emulated GPU"
@@ -256,7 +361,7 @@ def enable(
     "Emulate a CUDA GPU in this thread (and the DataLoader worker processes it forks) until `disable()`"
     if _state: return
     _state.update(log=log or os.environ.get('EMULATED_GPU_LOG'), modes=[_DeviceApi(), _DeviceRules()],
-                  old=[(m, k, getattr(m, k)) for m, fs in _PATCHES.items() for k in fs])
+                  old=[(m, k, vars(m).get(k)) for m, fs in _PATCHES.items() for k in fs])  # None: inherited (torch.Tensor's)
     for m, fs in _PATCHES.items():
         for k, f in fs.items(): setattr(m, k, f)
     for m in _state['modes']: m.__enter__()
@@ -265,7 +370,9 @@ def disable():
     "Back to the real torch"
     if not _state: return
     for m in reversed(_state['modes']): m.__exit__(None, None, None)
-    for m, k, f in _state['old']: setattr(m, k, f)
+    for m, k, f in _state['old']:
+        if f is None: delattr(m, k)
+        else: setattr(m, k, f)
     _state.clear()
 
 @contextlib.contextmanager

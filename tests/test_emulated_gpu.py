@@ -9,6 +9,7 @@ from emulated_gpu import NAME, emulated, device_of
 
 MIXUP = 'Expected all tensors to be on the same device'
 NUMPY = "can't convert cuda:0 device type tensor to numpy"
+CONV = r'Input type \(CUDAFloatType\) and weight type \(CPUFloatType\) should be the same'  # cuDNN's check, in `_convolution`
 
 @pytest.fixture
 def log(tmp_path):
@@ -36,6 +37,7 @@ def test_disable_restores_torch():
     before = torch.cuda.is_available
     with emulated(): assert torch.cuda.is_available is not before
     assert torch.cuda.is_available is before and not emulated_gpu.is_enabled()
+    assert torch.Generator is torch._C.Generator and 'pin_memory' not in vars(torch.Tensor)
     torch.ones(2) + torch.ones(2)  # plain torch again
 
 def correct_device_code(tmp_path):
@@ -93,7 +95,7 @@ def test_fastai_learner_trains_on_the_gpu(log, tmp_path):
     xb, yb = first(dls.valid)
     fct.test_eq((xb.device.type, yb.device.type), ('cuda', 'cuda'))
     kernels = torch.randn(2, 1, 3, 3)
-    with pytest.raises(RuntimeError, match=MIXUP): F.conv2d(xb, kernels)  # the chapter's bug: a CPU kernel on a GPU batch
+    with pytest.raises(RuntimeError, match=CONV): F.conv2d(xb, kernels)  # the chapter's bug: a CPU kernel on a GPU batch
     fct.test_eq(F.conv2d(to_cpu(xb), kernels).device.type, 'cpu')             # the book's fix
     learn = Learner(dls, cnn(), loss_func=F.cross_entropy, metrics=accuracy, cbs=ActivationStats(with_hist=True))
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 0.05)
@@ -139,13 +141,42 @@ def _imshow(tmp):
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     plt.imshow(torch.rand(4, 4).cuda())
 
-# each mix-up (given a scratch folder), the exception CUDA raises and a pattern of its message (`test_gpu.py` checks them on CUDA)
-MIXUPS = [(_cpu_model_gpu_batch, RuntimeError, MIXUP), (_gpu_model_cpu_batch, RuntimeError, MIXUP), (_conv_cpu_kernel, RuntimeError, MIXUP),
+# CUDA exempts a CPU 0-dim tensor (a scalar) only where an op's kernel skips the device check generated for it
+# (`device_check: NoCheck` in native_functions.yaml: TensorIterator's elementwise ops, `where`, `masked_fill`)
+def _stack_cpu_scalar(tmp):
+    torch.stack([torch.ones(3, device='cuda').sum(), torch.tensor(0.)])
+def _index_select_cpu_scalar(tmp):
+    torch.ones(3, device='cuda').index_select(0, torch.tensor(1))
+def _clamp_cpu_scalar(tmp):
+    torch.ones(3, device='cuda').clamp(min=torch.tensor(0.))
+def _embedding_cpu_scalar(tmp):
+    F.embedding(torch.tensor(1), torch.ones(3, 2, device='cuda'))
+def _cuda_op_cpu_generator(tmp):
+    torch.randn(3, device='cuda', generator=torch.Generator())
+def _cpu_op_cuda_generator(tmp):
+    torch.randn(3, generator=torch.Generator(device='cuda'))
+def _pin_gpu_tensor(tmp):
+    torch.ones(2, device='cuda').pin_memory()
+
+GEN = "Expected a '{}' device type for generator but found '{}'"
+# each mix-up (given a scratch folder), the exception CUDA raises and a pattern of its message (`test_gpu.py` checks them on CUDA).
+# A CPU input into a GPU model: CUDA's CPU convolution raises one of two messages, as the kernel it picks (MKLDNN or not) does.
+MIXUPS = [(_cpu_model_gpu_batch, RuntimeError, CONV),
+          (_gpu_model_cpu_batch, RuntimeError, rf'{MIXUP}|Input type \(CPUFloatType\) and weight type \(CUDAFloatType\) should be the same'),
+          (_conv_cpu_kernel, RuntimeError, CONV),
           (_loss_cpu_targets, RuntimeError, MIXUP), (_loss_cpu_class_weights, RuntimeError, MIXUP), (_cat, RuntimeError, MIXUP),
           (_from_numpy, RuntimeError, MIXUP), (_gpu_index_cpu_tensor, RuntimeError, f'{MIXUP}|indices should be either on cpu'),
           (_grad_on_other_device, RuntimeError, 'assigned grad has data of a different type'),
           (_second_gpu, RuntimeError, 'invalid device ordinal'), (_checkpoint_on_cpu_model, RuntimeError, MIXUP),
-          (_numpy, TypeError, NUMPY), (_asarray, TypeError, NUMPY), (_imshow, TypeError, NUMPY)]
+          (_numpy, TypeError, NUMPY), (_asarray, TypeError, NUMPY), (_imshow, TypeError, NUMPY),
+          (_stack_cpu_scalar, RuntimeError, f'{MIXUP}, but got tensors is on cpu'),
+          (_index_select_cpu_scalar, RuntimeError, f'{MIXUP}, but got index is on cpu, different from other tensors on cuda:0 '
+                                                   r'\(when checking argument in method wrapper_CUDA__index_select\)'),
+          (_clamp_cpu_scalar, RuntimeError, f'{MIXUP}, but got min is on cpu, different from other tensors on cuda:0 '
+                                            r'\(when checking argument in method wrapper_CUDA_clamp_Tensor\)'),
+          (_embedding_cpu_scalar, RuntimeError, f'{MIXUP}, but got ind'),
+          (_cuda_op_cpu_generator, RuntimeError, GEN.format('cuda', 'cpu')), (_cpu_op_cuda_generator, RuntimeError, GEN.format('cpu', 'cuda')),
+          (_pin_gpu_tensor, RuntimeError, "cannot pin 'CUDAFloatType' only dense CPU tensors can be pinned")]
 
 @pytest.mark.parametrize('mixup,exc,msg', MIXUPS, ids=[m[0].__name__[1:] for m in MIXUPS])
 def test_mixup_raises_as_on_cuda(mixup, exc, msg, log, tmp_path):
@@ -153,6 +184,34 @@ def test_mixup_raises_as_on_cuda(mixup, exc, msg, log, tmp_path):
     rows = [json.loads(l) for l in log.read_text().splitlines()]
     fct.test_eq(len(rows), 1)
     assert re.search(msg, rows[0]['error']) and 'test_emulated_gpu.py' in rows[0]['where'], rows  # logged with the line that did it
+
+def _cpu_scalars_in_elementwise_ops():
+    x = torch.arange(4., device='cuda')
+    outs = (x + torch.tensor(1.), x > torch.tensor(1.), x ** torch.tensor(2.), torch.where(x > 1, x, torch.tensor(0.)),
+            x.masked_fill(x > 1, torch.tensor(0.)))
+    fct.test_eq({o.device.type for o in outs}, {'cuda'})
+def _cuda_generator():
+    g = torch.Generator(device='cuda')
+    fct.test_eq((g.device, isinstance(g, torch.Generator)), (torch.device('cuda', 0), True))
+    a, b = (torch.randn(3, device='cuda', generator=g.manual_seed(0)) for _ in range(2))
+    fct.test_eq((a.device.type, a.tolist()), ('cuda', b.tolist()))
+def _pinned_copy():
+    t = torch.ones(3)
+    p = t.pin_memory()
+    fct.test_eq((t.is_pinned(), p.is_pinned(), p.device.type, p.pin_memory() is p, p[1:].is_pinned()), (False, True, 'cpu', True, True))
+    fct.test_eq((p.cuda(non_blocking=True).is_pinned(), torch.empty(2, pin_memory=True).is_pinned()), (False, True))
+def _dataloader_pins_batches():
+    for workers in (0, 2):
+        b = next(iter(torch.utils.data.DataLoader(torch.arange(8.), batch_size=4, pin_memory=True, num_workers=workers)))
+        fct.test_eq((b.device.type, b.is_pinned(), b.cuda(non_blocking=True).device.type), ('cpu', True, 'cuda'))
+
+# what CUDA takes, where a stricter or a laxer emulation would not (`test_gpu.py` runs them on CUDA)
+ALLOWED = [_cpu_scalars_in_elementwise_ops, _cuda_generator, _pinned_copy, _dataloader_pins_batches]
+
+@pytest.mark.parametrize('case', ALLOWED, ids=[c.__name__[1:] for c in ALLOWED])
+def test_allowed_as_on_cuda(case, log):
+    case()
+    assert not log.exists(), log.read_text()
 
 def test_caught_mixup_is_logged(log):
     try: F.conv2d(torch.randn(1, 1, 5, 5, device='cuda'), torch.randn(2, 1, 3, 3))

@@ -4,7 +4,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from emulated_gpu import is_enabled
-from test_emulated_gpu import MIXUPS, correct_device_code, torch_internals
+from test_emulated_gpu import ALLOWED, MIXUPS, correct_device_code, torch_internals
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,3 +52,7 @@ def test_correct_device_code_runs_on_cuda(tmp_path):
 def test_mixup_raises_on_cuda(mixup, exc, msg, tmp_path):
     if mixup.__name__ == '_second_gpu' and torch.cuda.device_count() > 1: pytest.skip('this machine has a second GPU')
     with pytest.raises(exc, match=msg): mixup(tmp_path)
+
+@pytest.mark.parametrize('case', ALLOWED, ids=[c.__name__[1:] for c in ALLOWED])
+def test_allowed_on_cuda(case):
+    case()
