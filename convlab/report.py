@@ -10,7 +10,7 @@ __all__ = ['COLS', 'LEGEND', 'CSS', 'fmt', 'integral', 'fmt_ours', 'fmt_delta', 
            'seeds_figure', 'chapter_section', 'report_head', 'md_table', 'md_section', 'markdown', 'html_table',
            'html_section', 'html_page', 'save_results', 'write_report']
 
-# %% ../nbs/06b_report.ipynb #0eeb4dc3
+# %% ../nbs/06b_report.ipynb #55aa701a
 import base64, copy, re, statistics
 from pathlib import Path
 import nbformat
@@ -20,9 +20,8 @@ from fastcore.xml import (to_xml, Html, Head, Meta, Title, Style, Body, H1, H2, 
                           Table, Thead, Tbody, Tr, Th, Td, Section, Figure, Figcaption)
 from .core import describe_machine, read_results, write_json
 from .judge import Status, results_table, tally, plural, key
-from .judge import book_results # read from here by chapter notebooks 10 and 20 until they import it from `convlab.judge`
 
-# %% ../nbs/06b_report.ipynb #da534b4c
+# %% ../nbs/06b_report.ipynb #78e558cb
 def fmt(
     v:float, # a number, or None
     ints:bool=False, # a count: whole numbers as integers, others to one decimal
@@ -59,7 +58,7 @@ def fmt_delta(
     d = statistics.mean(values) - book
     return fmt(0, ints) if d == 0 else ('+' if d > 0 else '−') + fmt(abs(d), ints)
 
-# %% ../nbs/06b_report.ipynb #e770685c
+# %% ../nbs/06b_report.ipynb #6337700f
 COLS = ['experiment', 'metric', 'book', 'ours (mean ± sd, min–max, N)', 'Δ (mean − book)', 'rule', 'our interval', 'verdict']
 
 def table_cells(
@@ -76,7 +75,7 @@ def failing_first(
     "Put the rows that fail at the top, where a reader looks first"
     return sorted(table, key=lambda t: t['status'] is not Status.FAIL)
 
-# %% ../nbs/06b_report.ipynb #189809df
+# %% ../nbs/06b_report.ipynb #6da5d6f3
 def distinct(
     rows:list, # recorded rows
     k:str, # e.g. 'device' or 'data'
@@ -100,7 +99,7 @@ def run_text(
     if not e: return f"seed {res['seed']}: ran in {ran}"
     return f"seed {res['seed']}: FAILED{' at cell ' + str(e['cell']) if e['cell'] is not None else ''}: {e['error']} ({ran})"
 
-# %% ../nbs/06b_report.ipynb #373e882d
+# %% ../nbs/06b_report.ipynb #ad5599c8
 _RECORD = re.compile(r"record\(\s*'[^']*',\s*'([^']+)'")
 
 def figure_caption(
@@ -130,7 +129,7 @@ def save_figures(
             fn.write_bytes(base64.b64decode(png)); out.append(dict(file=fn, caption=figure_caption(nb, i)))
     return out
 
-# %% ../nbs/06b_report.ipynb #bd7e81cf
+# %% ../nbs/06b_report.ipynb #85e80ccd
 _REMOTE_IMG = re.compile(r'!\[([^\]]*)\]\(https?://[^)]*\)')
 
 def offline_html(
@@ -155,7 +154,7 @@ def save_run(
     figs = save_figures(nb, out/'figures', res['name']) if res['seed'] == 0 else []
     return dict(page=f'notebooks/{stem}.html', figures=[dict(f, file=f['file'].relative_to(out).as_posix()) for f in figs])
 
-# %% ../nbs/06b_report.ipynb #b0f27600
+# %% ../nbs/06b_report.ipynb #998baed4
 def plotted(
     table:list, # a chapter's rows of `results_table`
 )->list: # the rows the chapter's figure shows
@@ -180,7 +179,7 @@ def seeds_figure(
     fig.tight_layout(); fn.parent.mkdir(parents=True, exist_ok=True); fig.savefig(fn, dpi=110)
     return fn
 
-# %% ../nbs/06b_report.ipynb #687f093a
+# %% ../nbs/06b_report.ipynb #fe20a8cb
 def chapter_section(
     chapter:str, # a chapter that ran
     table:list, # the rows of `results_table`
@@ -210,7 +209,7 @@ def report_head(
                       f"; seeds {', '.join(map(str, seeds))} (N={len(seeds)}); {run['cluster']}"),
                 machine=f"{m['device']} · torch {m['torch']} · fastai {m['fastai']} · python {m['python']}")
 
-# %% ../nbs/06b_report.ipynb #af96a0d4
+# %% ../nbs/06b_report.ipynb #4ebf19e4
 LEGEND = ("ours: mean ± sd over the seeds (min–max, N seeds); a count: its range; Δ: mean − book. Rules: '= x': every seed "
           "equals the book; '≥ x every seed': every seed reaches x; a tolerance tol: with N ≥ 3 seeds ('95% PI') the book's "
           "number must lie in our prediction interval for one more run, mean ± max(tol, t(0.975, N−1) · sd · √(1 + 1/N)); "
@@ -246,7 +245,7 @@ def markdown(
                       f"Mode: {head['mode']}  ", f"Machine: {head['machine']}", '', *toc, '', LEGEND, '',
                       *[l for s in sections for l in md_section(s)]])
 
-# %% ../nbs/06b_report.ipynb #d3c7648e
+# %% ../nbs/06b_report.ipynb #25299a5a
 CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1250px;padding:1.5em;color:#222}
 h1{margin:.2em 0} h2{margin:1.6em 0 .4em;border-bottom:2px solid #ddd;padding-bottom:.2em}
 .badge{font-size:.7em;padding:.15em .5em;border-radius:.3em;color:#fff;vertical-align:middle}
@@ -268,7 +267,7 @@ def html_table(
     tr = lambda t: Tr(*[Td(c, cls=k) for c, k in zip(table_cells(t), cls)], cls=t['status'].css, data_key='/'.join(key(t)), title=t['source'])
     return Table(Thead(Tr(*map(Th, COLS))), Tbody(*map(tr, table)), cls='results', id=f'results-{chapter}')
 
-# %% ../nbs/06b_report.ipynb #1169c53a
+# %% ../nbs/06b_report.ipynb #820f535c
 def html_section(
     s:dict, # from `chapter_section`
 )->Section:
@@ -296,7 +295,7 @@ def html_page(
                             P(f"Mode: {head['mode']}", Br(), f"Machine: {head['machine']}", cls='meta'), Ul(*toc),
                             P(LEGEND, cls='legend'), *map(html_section, sections)), lang='en'))
 
-# %% ../nbs/06b_report.ipynb #ff6923c1
+# %% ../nbs/06b_report.ipynb #a504d222
 def save_results(
     fn:Path, # the results file
     rows:list, # this run's rows, every seed's
