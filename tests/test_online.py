@@ -1,5 +1,5 @@
 "fastai's download path for real, as a Colab learner takes it: a local HTTP server, no mirror, no MNIST wheel; killed and concurrent fetches"
-import errno, functools, http.server, io, multiprocessing, os, shutil, signal, tarfile, threading
+import errno, functools, http.server, multiprocessing, os, shutil, signal, tarfile, threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -27,10 +27,9 @@ def make_archive(www:Path, attr:str)->Path:
     "A small archive in fastai's layout for `URLs.<attr>`, with its tree kept beside it to compare with"
     folder, _, classes, _, _ = LAYOUTS[attr]
     src = www/'src'/folder
-    rng = np.random.default_rng(len(folder))
-    for k, f in enumerate(images(attr)):
+    rng, shape = np.random.default_rng(len(folder)), (32, 32, 3) if attr == 'CIFAR' else (28, 28)
+    for f in images(attr):
         (src/f).parent.mkdir(parents=True, exist_ok=True)
-        shape = (32, 32, 3) if attr == 'CIFAR' else (28, 28)
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(src/f)
     if attr == 'MNIST_SAMPLE': (src/'labels.csv').write_text('name,label\n' + ''.join(f"{f},{int(f.split('/')[1] == '7')}\n" for f in images(attr)))
     if attr == 'CIFAR': (src/'labels.txt').write_text('\n'.join(classes) + '\n')
