@@ -196,7 +196,8 @@ def test_forced_rebuild_killed_while_replacing(tmp_path):
     def rebuild():
         shutil.rmtree = die_halfway_through_rmtree  # only in this forked process
         cd.build_dataset(dest, numbered_files, force=True)
-    p = multiprocessing.get_context('fork').Process(target=rebuild); p.start(); p.join(60)
+    p = multiprocessing.get_context('fork').Process(target=rebuild); p.start(); p.join(300)
+    if p.exitcode is None: p.kill(); pytest.fail('the forced rebuild did not end within 300 s')
     fct.test_eq(p.exitcode, -signal.SIGKILL)
     path = cd.build_dataset(dest, numbered_files)
     fct.test_eq(sorted(f.name for f in path.glob('*.txt')), sorted(f'{i}.txt' for i in range(20)))

@@ -119,10 +119,10 @@ def test_fastai_download_path(online, www, monkeypatch):
     fct.test_eq(sorted(p.name for p in (online/'data').iterdir() if not p.name.endswith('.lock')),
                 sorted(f + q for f, *_ in LAYOUTS.values() for q in ('', '_quick')))
 
-def exit_code(f)->int:
+def exit_code(f, timeout=300)->int:
     "Run `f` in a forked copy of this process (imports and patches included) and return its exit code"
-    p = multiprocessing.get_context('fork').Process(target=f); p.start(); p.join(120)
-    if p.exitcode is None: p.kill(); p.join()
+    p = multiprocessing.get_context('fork').Process(target=f); p.start(); p.join(timeout)
+    if p.exitcode is None: p.kill(); p.join(); pytest.fail(f'the forked process did not end within {timeout} s')
     return p.exitcode
 
 def die_at_nth_file(n:int, home:Path):
