@@ -70,12 +70,18 @@ install() { # the wheels into DIR/site and the source into DIR/src (once per bun
   fi
   # convlab runs from its source, as in a checkout: its `root()`, the folder holding nbs/, is then DIR/src
   export PYTHONPATH="$DIR/src:$DIR/site${PYTHONPATH:+:$PYTHONPATH}" PATH="$DIR/site/bin:$PATH"
-  export JUPYTER_PATH="$DIR/jupyter/share/jupyter" CONVLAB_DATA_MIRROR="$HERE/data" FASTAI_HOME="${FASTAI_HOME:-$DIR/fastai}"
-  export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-  "$PY" -c 'import convlab, importlib, pkgutil, fastbook, nbdev.test, pytest, ipykernel, distributed
-for m in pkgutil.iter_modules(convlab.__path__): importlib.import_module(f"convlab.{m.name}")' 2>"$OUT/import.log" \
-    || { cat "$OUT/import.log"; say "the installed bundle does not import (above): a package is missing, or one here is incompatible"; exit 4; }
-  "$PY" -m ipykernel install --prefix "$DIR/jupyter" --name python3 >/dev/null || exit 4 # the notebooks' kernel: this Python
+  # Jupyter's data: first the kernel spec written below (this Python), then the wheels' files (nbconvert's templates)
+  export JUPYTER_PATH="$DIR/jupyter/share/jupyter:$DIR/site/share/jupyter" CONVLAB_DATA_MIRROR="$HERE/data"
+  export FASTAI_HOME="${FASTAI_HOME:-$DIR/fastai}" MPLBACKEND=Agg PYTHONUNBUFFERED=1
+  "$PY" -m ipykernel install --prefix "$DIR/jupyter" --name python3 >/dev/null 2>"$OUT/import.log" && "$PY" - 2>>"$OUT/import.log" <<'EOF' \
+    || { cat "$OUT/import.log"; say "the installed bundle does not work (above): a package is missing, or one here is incompatible"; exit 4; }
+import convlab, importlib, nbformat, pkgutil, sys, fastbook, nbdev.test, pytest, distributed
+from nbconvert import HTMLExporter
+from jupyter_client.kernelspec import get_kernel_spec
+for m in pkgutil.iter_modules(convlab.__path__): importlib.import_module(f'convlab.{m.name}')
+HTMLExporter().from_notebook_node(nbformat.v4.new_notebook()) # the report's HTML: nbconvert finds its templates
+assert get_kernel_spec('python3').argv[0] == sys.executable, f"the notebooks' kernel is not this Python: {get_kernel_spec('python3').argv}"
+EOF
 }
 
 check_cuda() { # exit 5 where torch finds no GPU
