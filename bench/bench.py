@@ -1,13 +1,14 @@
 """Training speed of both chapters, the books' code path beside convlab's faster ones, measured in one run.
 
-    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt] [--deep-blocks 10]
+    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set] [--deep-blocks 10] [--set-epochs 5]
 
 Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
 process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
 `--chapter` also times the whole fastbook chapter's training at the book's settings (about 8 minutes by the book's
-path on a 2-core CPU), once per path.
+path on a 2-core CPU), once per path. `--only set` times the DLwPT figure-8.13 trainings as landed and as now, each
+in fresh processes (glibc's allocator settings hold for a whole process), taking turns round by round.
 """
-import argparse, os, platform, statistics, threading, time, warnings
+import argparse, json, os, platform, statistics, subprocess, sys, threading, time, warnings
 from functools import partial
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)  # raised inside fastai's import
 warnings.filterwarnings('ignore', message=r'You are shadowing an attribute \(modules\)')  # ActivationStats, harmless
@@ -21,10 +22,11 @@ from fastai.torch_core import default_device
 from convlab.data import untar_data
 from convlab.cnn import simple_cnn
 from convlab.fast import in_memory
-from convlab.nets import Net, NetWidth, NetBatchNorm, NetResDeep
+from convlab.nets import Net, NetWidth, NetDropout, NetBatchNorm, NetDepth, NetRes, NetResDeep
 from convlab.core import describe_device
 from convlab.data import cifar_subset
-from convlab.loop import stack_pairs, training_loop, train_run, train_runs
+import convlab.loop
+from convlab.loop import stack_pairs, training_loop, train_run, train_runs, keep_freed_memory
 
 MNIST_CHANS = (1, 8, 16, 32, 64, 10)
 
@@ -131,38 +133,103 @@ def fastbook(reps, chapter):
 
 # DLwPT 8: one training epoch of CIFAR-2 (10,000 images, batch 64, SGD) for three of the chapter's models, the book's way
 # and through the chapter's fast path (convlab.loop.train_run / train_runs, exactly what notebook 20 calls)
-def dlwpt(reps, deep_blocks):
+def cifar2():
+    "CIFAR-2's training and validation pairs, as notebook 20 builds them"
     path = untar_data(URLs.CIFAR)
-    cifar2, cifar2_val = cifar_subset(path, 'train'), cifar_subset(path, 'test')
-    data = (*stack_pairs(cifar2), *stack_pairs(cifar2_val))
-    def book_epoch(make):
-        "The book's path: a DataLoader over the list of pairs, default memory layout, this process's threads"
-        set_seed(0); model = make().to(default_device())
-        loader = DataLoader(cifar2, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-        t = time.perf_counter()
-        training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(), loader, bar=False)
-        return time.perf_counter() - t
-    def fast_epoch(make): return train_run(make, data, 1)['seconds']  # batches from memory, channels_last on a CPU
+    return cifar_subset(path, 'train'), cifar_subset(path, 'test')
+
+def book_epoch(make, pairs):
+    "The book's path: a DataLoader over the list of pairs, default memory layout, this process's threads"
+    set_seed(0); model = make().to(default_device())
+    loader = DataLoader(pairs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(), loader, bar=False)
+    return time.perf_counter() - t
+
+def dlwpt(reps, deep_blocks):
+    cifar2_train, cifar2_val = cifar2()
+    data = (*stack_pairs(cifar2_train), *stack_pairs(cifar2_val))
+    keep_freed_memory()  # what train_run does: every row below runs with it (the `set` table compares with glibc's default)
+    def fast_epoch(make): return train_run(make, data, 1, compile=False)['seconds']  # batches from memory, channels_last on a CPU
     def fast_pair(make):
         "Two one-epoch trainings side by side in single-thread processes: the time per epoch of the pair"
-        rs = train_runs({'a': dict(make_model=make, n_epochs=1), 'b': dict(make_model=make, n_epochs=1, seed=1)}, data, n_workers=2)
+        rs = train_runs({'a': dict(make_model=make, n_epochs=1, compile=False), 'b': dict(make_model=make, n_epochs=1, seed=1, compile=False)}, data, n_workers=2)
         return max(r['seconds'] for r in rs.values())/2
     makes = [('Net', Net), ('NetWidth', NetWidth), ('NetBatchNorm', NetBatchNorm)]
     if deep_blocks: makes.append((f'NetResDeep({deep_blocks} blocks)', partial(NetResDeep, n_blocks=deep_blocks)))
     for name, make in makes:
-        rows = [('book: DataLoader over a list', book_epoch), (f'fast path, one training ({torch.get_num_threads()} threads)', fast_epoch)]
+        rows = [('book: DataLoader over a list', lambda make: book_epoch(make, cifar2_train)), (f'fast path, one training ({torch.get_num_threads()} threads)', fast_epoch)]
         if default_device().type == 'cpu' and torch.get_num_threads() > 1:
             rows.append(('fast path, two side by side (1 thread each)', fast_pair))
         times = [[] for _ in rows]
         for f in (fn for _, fn in rows): f(make)  # warm-up
         for _ in range(reps):
             for i, (_, fn) in enumerate(rows): times[i].append(fn(make))
-        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64), seconds of training only',
-             [(n, t, None) for (n, _), t in zip(rows, times)], len(cifar2))
+        show(f'DLwPT 8, {name}, one training epoch (10,000 images, batch 64), seconds of training only, freed memory kept',
+             [(n, t, None) for (n, _), t in zip(rows, times)], len(cifar2_train))
+
+# DLwPT 8, figure 8.13: the whole set of trainings, as landed (glibc's default allocator, eager, one after another) and
+# as train_runs now trains them by default, each job in a fresh process (mallopt holds for a whole process)
+FIG_8_13 = dict(net=dict(make_model=Net), net_width=dict(make_model=NetWidth), net_l2=dict(make_model=Net, l2_lambda=0.001),
+                net_dropout=dict(make_model=NetDropout), net_batchnorm=dict(make_model=NetBatchNorm),
+                net_depth=dict(make_model=NetDepth), net_res=dict(make_model=NetRes))  # as notebook 20 trains them
+
+SET_JOBS = {
+    'landed: glibc default, eager, one at a time': 'landed',
+    'now: freed memory kept, one at a time': 'now-1',
+    'now: freed memory kept, 2 single-thread processes': 'now-2',
+    'book path: Net epoch, DataLoader, glibc default': 'book-net',
+    'now: Net epoch, train_run': 'now-net',
+}
+
+def set_job(job:str, epochs:int, n_images:int=None)->dict:
+    "Run one job of `SET_JOBS` in this process and return its seconds, threads and allocator setting"
+    if job in ('landed', 'book-net'): convlab.loop.keep_freed_memory = lambda *a: False  # the landed code: glibc's default
+    kept = job not in ('landed', 'book-net') and keep_freed_memory()
+    train_pairs, val_pairs = cifar2()
+    train_pairs = train_pairs[:n_images]  # the first n (a fixed random order): a shorter epoch, the same steps
+    data = (*stack_pairs(train_pairs), *stack_pairs(val_pairs))
+    runs = {k: dict(kw, n_epochs=epochs) for k, kw in FIG_8_13.items()}
+    t = time.perf_counter()
+    if job == 'book-net': secs = book_epoch(Net, train_pairs)
+    elif job == 'now-net': secs = train_run(Net, data, 1)['seconds']
+    elif job == 'landed': train_runs({k: dict(kw, compile=False) for k, kw in runs.items()}, data, n_workers=1)
+    else: train_runs(runs, data, n_workers=int(job[-1]))
+    if job not in ('book-net', 'now-net'): secs = time.perf_counter() - t
+    return dict(seconds=secs, threads=torch.get_num_threads(), malloc='mmap/trim thresholds 2e9 (mallopt)' if kept else 'glibc default')
+
+def in_fresh_process(job:str, epochs:int, n_images:int=None)->dict:
+    "`set_job` in a new Python process without glibc's MALLOC_* variables, so that each job starts from glibc's defaults"
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+    out = subprocess.run([sys.executable, __file__, '--set-job', job, '--set-epochs', str(epochs)] + ['--set-images', str(n_images)]*bool(n_images), env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+def fig_8_13_set(reps:int, epochs:int, n_images:int=None):
+    "Time the jobs of `SET_JOBS` in fresh processes, taking turns round by round; print their times and ratios"
+    times = {name: [] for name in SET_JOBS}
+    for r in range(reps):
+        for name, job in SET_JOBS.items():
+            d = in_fresh_process(job, epochs, n_images); times[name].append(d['seconds'])
+            print(f'  round {r+1}: {name:<50} {d["seconds"]:8.2f} s  torch threads {d["threads"]}, allocator {d["malloc"]}, '
+                  f'load {os.getloadavg()[0]:.1f}', flush=True)
+    names = list(SET_JOBS)
+    show(f'DLwPT 8, figure 8.13: {len(FIG_8_13)} trainings of {epochs} epochs of {n_images or 10_000:,} images each, fresh processes (load average '
+         f'{", ".join(f"{x:.1f}" for x in os.getloadavg())})', [(n, times[n], None) for n in names[:3]], None)
+    ratio = lambda a, b: [x/y for x, y in zip(times[a], times[b])]
+    for a, b in ((names[0], names[1]), (names[0], names[2]), (names[3], names[4])):
+        rs = ratio(a, b)
+        print(f'  {a} / {b}: {statistics.median(rs):.2f}x (per round {min(rs):.2f}-{max(rs):.2f})')
+
+def cpu_flags()->str:
+    "The vector extensions of this CPU that torch's kernels use (AVX2, AVX-512, AMX), from /proc/cpuinfo"
+    info = '/proc/cpuinfo'
+    flags = next((l.split(':', 1)[1].split() for l in open(info) if l.startswith('flags')), []) if os.path.exists(info) else []
+    return ' '.join(f for f in flags if f.startswith(('avx2', 'avx512', 'amx'))) or 'none of avx2/avx512/amx'
 
 def machine():
     "What ran the benchmark: the device (GPU name, or CPU model and torch's threads), cores, versions"
-    return (f'{describe_device()}; {os.cpu_count()} logical cores\n'
+    return (f'{describe_device()}; {os.cpu_count()} logical cores; {cpu_flags()}\n'
             f'python {platform.python_version()}, torch {torch.__version__}, fastai {fastai.__version__}')
 
 if __name__ == '__main__':
@@ -170,8 +237,13 @@ if __name__ == '__main__':
     p.add_argument('--reps', type=int, default=3, help='timed repetitions after the warm-up (median reported)')
     p.add_argument('--chapter', action='store_true', help="also time the fastbook chapter's whole training, once per path")
     p.add_argument('--deep-blocks', type=int, default=0, help='also time NetResDeep with this many residual blocks (the book: 100)')
-    p.add_argument('--only', choices=['fastbook', 'dlwpt'], help='one chapter only')
+    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set'], help='one table only')
+    p.add_argument('--set-epochs', type=int, default=5, help='epochs of each figure-8.13 training in the `set` table')
+    p.add_argument('--set-images', type=int, help='train the `set` table on the first n images only (default: all 10,000)')
+    p.add_argument('--set-job', choices=list(SET_JOBS.values()), help=argparse.SUPPRESS)  # one job, in a fresh process
     a = p.parse_args()
+    if a.set_job: print(json.dumps(set_job(a.set_job, a.set_epochs, a.set_images))); sys.exit()
     print(machine())
     if a.only in (None, 'fastbook'): fastbook(a.reps, a.chapter)
     if a.only in (None, 'dlwpt'): dlwpt(a.reps, a.deep_blocks)
+    if a.only in (None, 'set'): fig_8_13_set(a.reps, a.set_epochs, a.set_images)
