@@ -1,6 +1,6 @@
 """On a machine with a CUDA GPU: every notebook runs in quick mode on it, `convlab reproduce --quick` names it in its report,
 and the emulated GPU's rules (`emulated_gpu`, `test_emulated_gpu.py`) are CUDA's. Without CUDA every test here is skipped."""
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from emulated_gpu import is_enabled
@@ -8,6 +8,9 @@ from test_emulated_gpu import ALLOWED, MIXUPS, correct_device_code, torch_intern
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+def _cmd(name:str)->str: # a console script: beside this Python (a venv), else on PATH (an install with --target, as the bundle's)
+    return str(BIN/name) if (BIN/name).exists() else shutil.which(name) or name
 
 def _no_cuda()->str: # why these tests cannot run here, or '' when they can
     if torch.cuda.is_available(): return ''
@@ -29,13 +32,13 @@ def _run(args, timeout)->subprocess.CompletedProcess:
 
 def test_notebooks_run_on_the_gpu(quick_env):
     "`nbdev-test` over every notebook, in quick mode, where fastai's default device is the GPU"
-    res = _run([str(BIN/'nbdev-test'), '--timing', '--do-print'], timeout=3600)
+    res = _run([_cmd('nbdev-test'), '--timing', '--do-print'], timeout=3600)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-10000:]
 
 def test_reproduce_names_the_gpu(quick_env, tmp_path):
     "`convlab reproduce --quick` passes, its report names the GPU, and every recorded row trained on it"
     name, out = torch.cuda.get_device_name(0), tmp_path/'report'
-    res = _run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out)], timeout=3600)
+    res = _run([_cmd('convlab'), 'reproduce', '--quick', '--out', str(out)], timeout=3600)
     report = (out/'REPORT.md').read_text() if (out/'REPORT.md').exists() else ''
     assert name in report, f'{name!r} not in REPORT.md:\n{report}\n{res.stdout[-3000:]}{res.stderr[-3000:]}'
     rows = json.loads((out/'results.json').read_text())
