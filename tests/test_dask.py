@@ -10,7 +10,7 @@ from convlab.judge import book_results
 
 CONVLAB = str(Path(sys.executable).parent/'convlab')
 
-def test_two_seeds_on_a_cluster_of_processes(fastbook13_report):
+def test_two_seeds_on_a_cluster_of_processes(fastbook13_report, cluster):
     out, res = fastbook13_report
     assert (out/'REPORT.md').exists(), res.stdout[-3000:] + res.stderr[-3000:]
     rows = read_results(out/'results.json')
