@@ -57,6 +57,8 @@ def run_on_dask(
     scheduler:str=None, # address of a running Dask scheduler; a local cluster by default
     workers:int=None, # size of the local cluster; by default min(tasks, cores)
     wait:float=60, # seconds to wait for a worker
+    keep:Path=None, # where each finished task is saved
+    resume:bool=False, # take the tasks already finished in `keep`
 )->tuple: # (every task's result, where they ran in words)
     "Run the tasks on Dask, one progress line each"
     from convlab.run import dask_client, run_tasks
@@ -64,7 +66,7 @@ def run_on_dask(
         where = cluster_words(scheduler, len(client.scheduler_info(n_workers=-1)['workers']))
         chapters = ', '.join(dict.fromkeys(s['chapter'] for s in specs))
         print(f"{plural(len(specs), 'task')} ({chapters}, {'quick' if specs[0]['quick'] else 'full'} mode) on {where}", flush=True)
-        return run_tasks(client, specs), where
+        return run_tasks(client, specs, keep, resume), where
 
 # %% ../nbs/07_cli.ipynb #a1c9641b
 def reproduce(
@@ -78,15 +80,16 @@ def reproduce(
     workers:int=None, # size of the local cluster; by default min(tasks, cores)
     cell_timeout:int=None, # seconds a cell may take; `convlab.run.cell_timeout(quick)` by default
     wait:float=60, # seconds to wait for a worker of `scheduler`
+    resume:bool=False, # take the tasks that finished before in `out/tasks` (same code, mode and seed) instead of running them again
 )->bool: # did every judged row pass, and every task run to the end?
-    "Pick the notebooks, prepare their data, run them once per seed on Dask, and write the report in `out`"
+    "Pick the notebooks, prepare their data, run them once per seed on Dask (each finished task saved in `out/tasks`), and write the report in `out`"
     from convlab.run import prepare_data, task_specs, cell_timeout as default_timeout
     from convlab.report import write_report
     nbs, refs, start = pick_notebooks(only, notebooks), book_results(book), time.time()
     chapters = list(dict.fromkeys(nbs.values()))
     prepare_data(chapters, quick)
     specs = task_specs(nbs, range(seeds), quick, cell_timeout or default_timeout(quick))
-    results, where = run_on_dask(specs, scheduler, workers, wait)
+    results, where = run_on_dask(specs, scheduler, workers, wait, Path(out)/'tasks', resume)
     run = dict(chapters=chapters, seeds=list(range(seeds)), quick=quick, cluster=f'ran on {where}; {time.time() - start:.0f} s')
     head = write_report(Path(out), results, refs, run)
     print(f"{head['status'].word.upper()}: {head['summary']}; report in {Path(out)/'index.html'}")
@@ -120,6 +123,8 @@ def parser()->argparse.ArgumentParser: # the `convlab` argument parser
                    "cell_timeout, 1800, in quick mode; 6 times that at full settings)")
     r.add_argument('--out', default='reports', metavar='DIR', help='report folder (default: reports/)')
     r.add_argument('--notebook', action='extend', nargs='+', metavar='NB', help='run these notebooks instead of the chapters')
+    r.add_argument('--resume', action='store_true', help='take the tasks that finished in an earlier run into the same --out '
+                   '(same notebook code, mode and seed) instead of running them again')
     r.add_argument('--book', metavar='FILE', help="the books' numbers (default: the package's book_results.json)")
     return p
 
@@ -132,7 +137,8 @@ def main(
     try:
         if args.cmd == 'data': print(data_cmd(args.name, args.quick)); return 0
         return 0 if reproduce(quick=args.quick, only=args.only, out=args.out, notebooks=args.notebook, book=args.book, seeds=args.seeds,
-                              scheduler=args.scheduler, workers=args.workers, cell_timeout=args.cell_timeout, wait=args.wait) else 1
+                              scheduler=args.scheduler, workers=args.workers, cell_timeout=args.cell_timeout, wait=args.wait,
+                              resume=args.resume) else 1
     except Exception as e:
         from convlab.data import DataError
         from convlab.run import RunError

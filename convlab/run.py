@@ -7,10 +7,10 @@ Docs: https://convlab.github.io/convlab/run.html.md"""
 # %% auto #0
 __all__ = ['JIT_WARNING', 'quiet_env', 'kernel_env', 'cell_timeout', 'execute', 'where', 'run_task', 'RunError',
            'wait_for_workers', 'dask_client', 'kernel_threads', 'failed_task', 'time_left', 'progress_line',
-           'run_tasks', 'task_specs', 'build_datasets', 'prepare_data']
+           'code_digest', 'task_file', 'finished_task', 'run_tasks', 'task_specs', 'build_datasets', 'prepare_data']
 
 # %% ../nbs/06a_run.ipynb #2a260cfc
-import logging, math, os, socket, sys, tempfile, time, tomllib, uuid, warnings
+import hashlib, json, logging, math, os, socket, sys, tempfile, time, tomllib, uuid, warnings
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,7 +22,7 @@ from traitlets.config import Config
 from fastcore.basics import num_cpus, uniqueify
 from fastcore.xtras import modified_env
 from distributed import Client, LocalCluster, as_completed, get_worker
-from .core import read_results, MALLOC_ENV
+from .core import read_results, write_json, MALLOC_ENV
 from .judge import CHAPTERS, root, plural
 
 # %% ../nbs/06a_run.ipynb #771bc553
@@ -161,19 +161,52 @@ def progress_line(
     took = f" in {res['seconds']:.0f} s" if res['seconds'] is not None else ''
     return f"[{done}/{total}] {res['name']} seed {res['seed']}: {what}{took}; about {time_left(done, total, elapsed, slots):.0f} s left"
 
+# %% ../nbs/06a_run.ipynb #1740ae53
+def code_digest(
+    nb_json:str, # a notebook's JSON
+)->str: # 16 hex digits
+    "A digest of the notebook's code cells only: edited prose and new outputs leave it unchanged"
+    cells = nbformat.reads(nb_json, as_version=4).cells
+    return hashlib.sha256('\0'.join(c.source for c in cells if c.cell_type == 'code').encode()).hexdigest()[:16]
+
+def task_file(
+    keep:Path, # the folder of finished tasks
+    spec:dict, # a task's spec or result
+)->Path: # e.g. `keep/20_dlwpt08_convolutions-seed2.json`
+    "Where the task of `spec` is saved once it has finished"
+    return Path(keep)/f"{spec['name']}-seed{spec['seed']}{'-quick' if spec['quick'] else ''}.json"
+
+def finished_task(
+    keep:Path, # the folder of finished tasks
+    spec:dict, # the task about to run
+)->dict: # its saved result, or None to run it
+    "The saved result of `spec`'s task if it ran to the end with the same code cells and mode"
+    fn = task_file(keep, spec)
+    if not fn.exists(): return None
+    r = json.loads(fn.read_text())
+    same = not r['error'] and r['nb'] and r['quick'] == spec['quick'] and code_digest(r['nb']) == code_digest(spec['nb'])
+    return r if same else None
+
 # %% ../nbs/06a_run.ipynb #fc197d56
 def run_tasks(
     client:Client, # a client of the cluster that runs them
     specs:list, # one per (notebook, seed)
-)->list: # their results, in the order they finished
+    keep:Path=None, # a folder where each task that runs to the end is saved as it finishes (`task_file`)
+    resume:bool=False, # take the tasks already finished in `keep` (`finished_task`) instead of running them again
+)->list: # their results: the finished ones taken from `keep` first, then the others in the order they finished
     "Run every spec as a task and gather the results as they finish, one progress line each"
+    done = [r for s in specs if resume and keep and (r := finished_task(keep, s))]
+    todo = [s for s in specs if not any((r['name'], r['seed']) == (s['name'], s['seed']) for r in done)]
+    if done: print(f"{plural(len(done), 'task')} taken from {keep} (finished before, same code): "
+                   + ', '.join(f"{r['name']} seed {r['seed']}" for r in done), flush=True)
     threads, slots, start, out = kernel_threads(client), sum(client.nthreads().values()), time.time(), []
-    futs = {client.submit(run_task, s, threads, key=f"{s['name']}-seed{s['seed']}-{uuid.uuid4().hex[:8]}"): s for s in specs}
+    futs = {client.submit(run_task, s, threads, key=f"{s['name']}-seed{s['seed']}-{uuid.uuid4().hex[:8]}"): s for s in todo}
     for i, f in enumerate(as_completed(futs), 1):
         try: out.append(f.result())
         except Exception as e: out.append(failed_task(futs[f], e))
+        if keep and not out[-1]['error']: write_json(task_file(keep, out[-1]), out[-1])
         print(progress_line(i, len(futs), time.time() - start, out[-1], slots), flush=True)
-    return out
+    return done + out
 
 # %% ../nbs/06a_run.ipynb #7810df23
 def task_specs(
