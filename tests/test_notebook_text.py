@@ -10,7 +10,7 @@ Two checks a reader cannot make at a glance:
 
 Run it after re-executing a notebook and editing its prose; a failure names the cell and the sentence.
 """
-import json, re
+import re
 from pathlib import Path
 import nbformat, pytest
 from convlab.judge import book_results
