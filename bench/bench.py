@@ -1,14 +1,15 @@
 """Training speed of both chapters, the books' code path beside convlab's faster ones, measured in one run.
 
-    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set] [--deep-blocks 10] [--set-epochs 5]
+    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set|ops] [--deep-blocks 10] [--set-epochs 5]
 
 Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
 process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
 `--chapter` also times the whole fastbook chapter's training at the book's settings (about 8 minutes by the book's
 path on a 2-core CPU), once per path. `--only set` times the DLwPT figure-8.13 trainings as landed and as now, each
-in fresh processes (glibc's allocator settings hold for a whole process), taking turns round by round.
+in fresh processes (glibc's allocator settings hold for a whole process), taking turns round by round. `--only ops`
+profiles a training step of the tanh models and times the ops it spends most on.
 """
-import argparse, json, os, platform, statistics, subprocess, sys, threading, time, warnings
+import argparse, itertools, json, os, platform, statistics, subprocess, sys, threading, time, warnings
 from functools import partial
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)  # raised inside fastai's import
 warnings.filterwarnings('ignore', message=r'You are shadowing an attribute \(modules\)')  # ActivationStats, harmless
@@ -221,6 +222,56 @@ def fig_8_13_set(reps:int, epochs:int, n_images:int=None):
         rs = ratio(a, b)
         print(f'  {a} / {b}: {statistics.median(rs):.2f}x (per round {min(rs):.2f}-{max(rs):.2f})')
 
+# DLwPT 8: where a training step of the tanh models spends its time on this CPU, and what pooling before tanh would save
+class NetWidthPoolFirst(NetWidth):
+    "`NetWidth` with each max-pool before its tanh: tanh is increasing, so the values are the same, from a quarter of the tanh calls' work"
+    def forward(self, x):
+        out = torch.tanh(F.max_pool2d(self.conv1(x), 2))
+        out = torch.tanh(F.max_pool2d(self.conv2(out), 2))
+        return self.fc2(torch.tanh(self.fc1(out.flatten(1))))
+
+def ms_per_call(fn, n:int)->float:
+    "Milliseconds per call of `fn`, over `n` calls after 5 untimed ones"
+    for _ in range(5): fn()
+    t = time.perf_counter()
+    for _ in range(n): fn()
+    return (time.perf_counter() - t)/n*1e3
+
+def ops(reps:int, steps:int=100):
+    keep_freed_memory()  # as train_run: without it each activation is a fresh mapping and the figures measure page faults
+    x = torch.randn(64, 32, 32, 32).contiguous(memory_format=torch.channels_last)  # NetWidth's first activation at batch 64
+    elementwise = dict(tanh=lambda: torch.tanh(x), sigmoid=lambda: torch.sigmoid(x), relu=lambda: torch.relu(x),
+                       max_pool2d=lambda: F.max_pool2d(x, 2), **{'tanh(max_pool2d)': lambda: torch.tanh(F.max_pool2d(x, 2))})
+    times = {k: [ms_per_call(f, 50) for _ in range(reps)] for k, f in elementwise.items()}
+    print(f'\nDLwPT 8: one op on a [64,32,32,32] channels-last activation (NetWidth\'s first, batch 64), ms per call, median of {reps}')
+    for k, ts in times.items(): print(f'  {k:<18} {statistics.median(ts):7.3f} ms  ({min(ts):.3f}-{max(ts):.3f})')
+    xs, ys = torch.randn(10_000, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 2, (10_000,))
+    def stepper(model):
+        model = model.to(memory_format=torch.channels_last); opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        batches = itertools.cycle(torch.randperm(len(xs), generator=torch.Generator().manual_seed(0)).split(64))
+        def step():
+            i = next(batches)
+            loss = F.cross_entropy(model(xs[i]), ys[i]); opt.zero_grad(); loss.backward(); opt.step()
+        return step
+    set_seed(0); book = NetWidth(); pool_first = NetWidthPoolFirst(); pool_first.load_state_dict(book.state_dict())
+    with torch.no_grad(): same = torch.equal(book(xs[:256]), pool_first(xs[:256]))
+    rows = [('NetWidth as the book writes it (tanh, then pool)', stepper(book)), ('NetWidth, pool then tanh', stepper(pool_first))]
+    step_ms = [[] for _ in rows]
+    for _ in range(reps):
+        for i, (_, step) in enumerate(rows): step_ms[i].append(ms_per_call(step, steps))
+    print(f'\nDLwPT 8: NetWidth training steps (batch 64, SGD, random data in CIFAR-2\'s shape), ms per step, median of {reps} rounds of {steps}')
+    for (name, _), ts in zip(rows, step_ms):
+        print(f'  {name:<50} {statistics.median(ts):7.2f} ms  ({min(ts):.2f}-{max(ts):.2f})  {statistics.median(step_ms[0])/statistics.median(ts):.2f}x')
+    print(f'  same outputs from the same weights: {same}')
+    from torch.profiler import profile, ProfilerActivity
+    step = stepper(NetWidth())
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(20): step()
+    top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in top)
+    print('  where a step of the book\'s NetWidth spends its time (self CPU, 20 steps): '
+          + ', '.join(f'{e.key} {e.self_cpu_time_total/total:.0%}' for e in top[:6]))
+
 def cpu_flags()->str:
     "The vector extensions of this CPU that torch's kernels use (AVX2, AVX-512, AMX), from /proc/cpuinfo"
     info = '/proc/cpuinfo'
@@ -237,7 +288,7 @@ if __name__ == '__main__':
     p.add_argument('--reps', type=int, default=3, help='timed repetitions after the warm-up (median reported)')
     p.add_argument('--chapter', action='store_true', help="also time the fastbook chapter's whole training, once per path")
     p.add_argument('--deep-blocks', type=int, default=0, help='also time NetResDeep with this many residual blocks (the book: 100)')
-    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set'], help='one table only')
+    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set', 'ops'], help='one table only')
     p.add_argument('--set-epochs', type=int, default=5, help='epochs of each figure-8.13 training in the `set` table')
     p.add_argument('--set-images', type=int, help='train the `set` table on the first n images only (default: all 10,000; the Net-epoch rows always use all)')
     p.add_argument('--set-job', choices=list(SET_JOBS.values()), help=argparse.SUPPRESS)  # one job, in a fresh process
@@ -247,3 +298,4 @@ if __name__ == '__main__':
     if a.only in (None, 'fastbook'): fastbook(a.reps, a.chapter)
     if a.only in (None, 'dlwpt'): dlwpt(a.reps, a.deep_blocks)
     if a.only in (None, 'set'): fig_8_13_set(a.reps, a.set_epochs, a.set_images)
+    if a.only in (None, 'ops'): ops(a.reps)
