@@ -1,13 +1,15 @@
 """Training speed of both chapters, the books' code path beside convlab's faster ones, measured in one run.
 
-    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set|ops] [--deep-blocks 10] [--set-epochs 5]
+    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set|ops|alloc|stack] [--deep-blocks 10] [--set-epochs 5]
 
 Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
 process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
 `--chapter` also times the whole fastbook chapter's training at the book's settings (about 8 minutes by the book's
 path on a 2-core CPU), once per path. `--only set` times the DLwPT figure-8.13 trainings as landed and as now, each
 in fresh processes (glibc's allocator settings hold for a whole process), taking turns round by round. `--only ops`
-profiles a training step of the tanh models and times the ops it spends most on.
+profiles a training step of the tanh models and times the ops it spends most on. `--only alloc` times training steps
+under glibc's allocator, with freed memory kept, and under jemalloc and tcmalloc where they are installed (preloaded in
+fresh processes). `--only stack` times K seeds stacked in one model with `torch.func.vmap` against one model at a time.
 """
 import argparse, itertools, json, os, platform, statistics, subprocess, sys, threading, time, warnings
 from functools import partial
@@ -237,6 +239,19 @@ def ms_per_call(fn, n:int)->float:
     for _ in range(n): fn()
     return (time.perf_counter() - t)/n*1e3
 
+def random_cifar2(memory_format=torch.channels_last):
+    "Random data in CIFAR-2's shape: 10,000 images in `memory_format`, and labels"
+    return torch.randn(10_000, 3, 32, 32).contiguous(memory_format=memory_format), torch.randint(0, 2, (10_000,))
+
+def training_step(model, xs, ys, memory_format=torch.channels_last):
+    "A function doing one SGD step of `model` on the next batch of 64 from `xs`, `ys`, as `train_run` does on a CPU"
+    model = model.to(memory_format=memory_format); opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    batches = itertools.cycle(torch.randperm(len(xs), generator=torch.Generator().manual_seed(0)).split(64))
+    def step():
+        i = next(batches)
+        loss = F.cross_entropy(model(xs[i]), ys[i]); opt.zero_grad(); loss.backward(); opt.step()
+    return step
+
 def ops(reps:int, steps:int=100):
     keep_freed_memory()  # as train_run: without it each activation is a fresh mapping and the figures measure page faults
     x = torch.randn(64, 32, 32, 32).contiguous(memory_format=torch.channels_last)  # NetWidth's first activation at batch 64
@@ -245,14 +260,8 @@ def ops(reps:int, steps:int=100):
     times = {k: [ms_per_call(f, 50) for _ in range(reps)] for k, f in elementwise.items()}
     print(f'\nDLwPT 8: one op on a [64,32,32,32] channels-last activation (NetWidth\'s first, batch 64), ms per call, median of {reps}')
     for k, ts in times.items(): print(f'  {k:<18} {statistics.median(ts):7.3f} ms  ({min(ts):.3f}-{max(ts):.3f})')
-    xs, ys = torch.randn(10_000, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 2, (10_000,))
-    def stepper(model):
-        model = model.to(memory_format=torch.channels_last); opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-        batches = itertools.cycle(torch.randperm(len(xs), generator=torch.Generator().manual_seed(0)).split(64))
-        def step():
-            i = next(batches)
-            loss = F.cross_entropy(model(xs[i]), ys[i]); opt.zero_grad(); loss.backward(); opt.step()
-        return step
+    xs, ys = random_cifar2()
+    stepper = partial(training_step, xs=xs, ys=ys)
     set_seed(0); book = NetWidth(); pool_first = NetWidthPoolFirst(); pool_first.load_state_dict(book.state_dict())
     with torch.no_grad(): same = torch.equal(book(xs[:256]), pool_first(xs[:256]))
     rows = [('NetWidth as the book writes it (tanh, then pool)', stepper(book)), ('NetWidth, pool then tanh', stepper(pool_first))]
@@ -272,6 +281,76 @@ def ops(reps:int, steps:int=100):
     print('  where a step of the book\'s NetWidth spends its time (self CPU, 20 steps): '
           + ', '.join(f'{e.key} {e.self_cpu_time_total/total:.0%}' for e in top[:6]))
 
+# DLwPT 8: the allocators a CPU training could run under. glibc's default maps and faults in each step's activations
+# afresh; `train_run` keeps freed memory through `mallopt`; jemalloc and tcmalloc, where this machine has them, replace
+# malloc only when preloaded before Python starts (LD_PRELOAD), which a pip install cannot do for a learner's kernel
+STEP_MODELS = dict(Net=Net, NetWidth=NetWidth, NetBatchNorm=NetBatchNorm)
+
+def alloc_job(alloc:str, steps:int)->dict:
+    "In this process: ms per training step of each of `STEP_MODELS` (median of 3 rounds of `steps`), under `alloc`"
+    if alloc == 'mallopt': assert keep_freed_memory(), "no mallopt in this C library"
+    xs, ys = random_cifar2()
+    def ms(make):
+        set_seed(0); step = training_step(make(), xs, ys)
+        return statistics.median(ms_per_call(step, steps) for _ in range(3))
+    return {name: ms(make) for name, make in STEP_MODELS.items()}
+
+def allocators(reps:int, steps:int=100):
+    "Time `alloc_job` in fresh processes under each allocator found here, taking turns round by round"
+    import ctypes.util
+    libs = {'jemalloc': ctypes.util.find_library('jemalloc'), 'tcmalloc': ctypes.util.find_library('tcmalloc_minimal') or ctypes.util.find_library('tcmalloc')}
+    rows = {'glibc default': ('default', {}), 'glibc, freed memory kept (mallopt, as train_run)': ('mallopt', {})}
+    rows |= {f'{k} ({lib}, LD_PRELOAD)': ('default', dict(LD_PRELOAD=lib)) for k, lib in libs.items() if lib}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_') and k != 'LD_PRELOAD'}
+    times = {name: [] for name in rows}
+    for _ in range(reps):
+        for name, (alloc, env) in rows.items():
+            out = subprocess.run([sys.executable, __file__, '--alloc-job', alloc, '--steps', str(steps)], env=base_env | env,
+                                 capture_output=True, text=True, check=True)
+            times[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f'\nDLwPT 8: ms per training step (batch 64, SGD, channels-last, random data in CIFAR-2\'s shape) by allocator, '
+          f'fresh processes, median of {reps} rounds; not installed here: {", ".join(k for k, lib in libs.items() if not lib) or "none"}')
+    print(f'  {"allocator":<52}' + ''.join(f'{m:>14}' for m in STEP_MODELS))
+    base = {m: statistics.median(r[m] for r in times['glibc default']) for m in STEP_MODELS}
+    for name, rs in times.items():
+        med = {m: statistics.median(r[m] for r in rs) for m in STEP_MODELS}
+        print(f'  {name:<52}' + ''.join(f'{med[m]:7.2f} ({base[m]/med[m]:.2f}x)' for m in STEP_MODELS))
+
+# DLwPT 8: the third multi-seed layout, K seeds stacked in one model (torch.func's stack_module_state and vmap, which
+# batch each convolution of the K models into one grouped convolution) against one model at a time
+def stacked_step(make, K:int, xs, ys, memory_format=torch.channels_last, lr=1e-2):
+    "A function doing one SGD step of K models from `make`, stacked, each on its own batch of 64"
+    from torch.func import stack_module_state, functional_call, grad, vmap
+    models = [make().to(memory_format=memory_format) for _ in range(K)]
+    params, bufs = stack_module_state(models)
+    shape = models[0].to('meta')
+    def loss(p, b, x, y): return F.cross_entropy(functional_call(shape, (p, b), (x,)), y)
+    grads = vmap(grad(loss))
+    batches = itertools.cycle(torch.randperm(len(xs), generator=torch.Generator().manual_seed(0)).split(64*K))
+    def step():
+        i = next(batches)
+        if len(i) < 64*K: i = next(batches)
+        g = grads(params, bufs, xs[i].unflatten(0, (K, 64)), ys[i].unflatten(0, (K, 64)))
+        with torch.no_grad():
+            for k, v in params.items(): v.sub_(g[k], alpha=lr)
+    return step
+
+def stacking(reps:int, steps:int=50, Ks=(2, 4)):
+    keep_freed_memory()
+    print(f'\nDLwPT 8: K seeds stacked in one model (vmap) against one model at a time, ms per training step and model, '
+          f'median of {reps} rounds of {steps} steps, freed memory kept')
+    for make in (Net, NetWidth):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xs, ys = random_cifar2(fmt)
+            set_seed(0)
+            rows = [('one model', training_step(make(), xs, ys, fmt), 1)] + [(f'{K} stacked', stacked_step(make, K, xs, ys, fmt), K) for K in Ks]
+            ms = [[] for _ in rows]
+            for _ in range(reps):
+                for i, (_, step, K) in enumerate(rows): ms[i].append(ms_per_call(step, steps)/K)
+            meds = [statistics.median(t) for t in ms]
+            print(f'  {make.__name__:<9} {"channels-last" if fmt == torch.channels_last else "contiguous":<14}'
+                  + ''.join(f'  {name} {m:6.2f} ms ({meds[0]/m:.2f}x)' for (name, _, _), m in zip(rows, meds)))
+
 def cpu_flags()->str:
     "The vector extensions of this CPU that torch's kernels use (AVX2, AVX-512, AMX), from /proc/cpuinfo"
     info = '/proc/cpuinfo'
@@ -288,14 +367,19 @@ if __name__ == '__main__':
     p.add_argument('--reps', type=int, default=3, help='timed repetitions after the warm-up (median reported)')
     p.add_argument('--chapter', action='store_true', help="also time the fastbook chapter's whole training, once per path")
     p.add_argument('--deep-blocks', type=int, default=0, help='also time NetResDeep with this many residual blocks (the book: 100)')
-    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set', 'ops'], help='one table only')
+    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set', 'ops', 'alloc', 'stack'], help='one table only')
     p.add_argument('--set-epochs', type=int, default=5, help='epochs of each figure-8.13 training in the `set` table')
     p.add_argument('--set-images', type=int, help='train the `set` table on the first n images only (default: all 10,000; the Net-epoch rows always use all)')
+    p.add_argument('--steps', type=int, default=100, help='training steps a round in the `alloc` table')
     p.add_argument('--set-job', choices=list(SET_JOBS.values()), help=argparse.SUPPRESS)  # one job, in a fresh process
+    p.add_argument('--alloc-job', choices=['default', 'mallopt'], help=argparse.SUPPRESS)  # likewise
     a = p.parse_args()
     if a.set_job: print(json.dumps(set_job(a.set_job, a.set_epochs, a.set_images))); sys.exit()
+    if a.alloc_job: print(json.dumps(alloc_job(a.alloc_job, a.steps))); sys.exit()
     print(machine())
     if a.only in (None, 'fastbook'): fastbook(a.reps, a.chapter)
     if a.only in (None, 'dlwpt'): dlwpt(a.reps, a.deep_blocks)
     if a.only in (None, 'set'): fig_8_13_set(a.reps, a.set_epochs, a.set_images)
     if a.only in (None, 'ops'): ops(a.reps)
+    if a.only in (None, 'alloc'): allocators(a.reps, a.steps)
+    if a.only in (None, 'stack'): stacking(a.reps)
