@@ -201,12 +201,15 @@ def set_job(job:str, epochs:int, n_images:int=None)->dict:
     if job not in ('book-net', 'now-net'): secs = time.perf_counter() - t
     return dict(seconds=secs, threads=torch.get_num_threads(), malloc='mmap/trim thresholds 2e9 (mallopt)' if kept else 'glibc default')
 
-def in_fresh_process(job:str, epochs:int, n_images:int=None)->dict:
-    "`set_job` in a new Python process without glibc's MALLOC_* variables, so that each job starts from glibc's defaults"
-    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
-    out = subprocess.run([sys.executable, __file__, '--set-job', job, '--set-epochs', str(epochs)] + ['--set-images', str(n_images)]*bool(n_images), env=env,
-                         capture_output=True, text=True, check=True)
+def fresh_python(args:list, **env)->dict:
+    "This script run with `args` in a new Python process that starts from glibc's allocator defaults (no MALLOC_* variables, no LD_PRELOAD) plus `env`; the JSON it prints last"
+    base = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_') and k != 'LD_PRELOAD'}
+    out = subprocess.run([sys.executable, __file__, *args], env=base | env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+def in_fresh_process(job:str, epochs:int, n_images:int=None)->dict:
+    "`set_job` in a new Python process, so that each job starts from glibc's defaults"
+    return fresh_python(['--set-job', job, '--set-epochs', str(epochs)] + ['--set-images', str(n_images)]*bool(n_images))
 
 def fig_8_13_set(reps:int, epochs:int, n_images:int=None):
     "Time the jobs of `SET_JOBS` in fresh processes, taking turns round by round; print their times and ratios"
@@ -301,13 +304,9 @@ def allocators(reps:int, steps:int=100):
     libs = {'jemalloc': ctypes.util.find_library('jemalloc'), 'tcmalloc': ctypes.util.find_library('tcmalloc_minimal') or ctypes.util.find_library('tcmalloc')}
     rows = {'glibc default': ('default', {}), 'glibc, freed memory kept (mallopt, as train_run)': ('mallopt', {})}
     rows |= {f'{k} ({lib}, LD_PRELOAD)': ('default', dict(LD_PRELOAD=lib)) for k, lib in libs.items() if lib}
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_') and k != 'LD_PRELOAD'}
     times = {name: [] for name in rows}
     for _ in range(reps):
-        for name, (alloc, env) in rows.items():
-            out = subprocess.run([sys.executable, __file__, '--alloc-job', alloc, '--steps', str(steps)], env=base_env | env,
-                                 capture_output=True, text=True, check=True)
-            times[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for name, (alloc, env) in rows.items(): times[name].append(fresh_python(['--alloc-job', alloc, '--steps', str(steps)], **env))
     print(f'\nDLwPT 8: ms per training step (batch 64, SGD, channels-last, random data in CIFAR-2\'s shape) by allocator, '
           f'fresh processes, median of {reps} rounds; not installed here: {", ".join(k for k, lib in libs.items() if not lib) or "none"}')
     print(f'  {"allocator":<52}' + ''.join(f'{m:>14}' for m in STEP_MODELS))
