@@ -8,17 +8,17 @@ Docs: https://convlab.github.io/convlab/report.html.md"""
 __all__ = ['COLS', 'LEGEND', 'CSS', 'fmt', 'integral', 'fmt_ours', 'fmt_delta', 'table_cells', 'failing_first', 'distinct',
            'gpu_chapters', 'run_text', 'figure_caption', 'save_figures', 'offline_html', 'save_run', 'plotted',
            'seeds_figure', 'chapter_section', 'report_head', 'md_table', 'md_section', 'markdown', 'html_table',
-           'html_section', 'html_page', 'save_results', 'write_report']
+           'html_section', 'html_page', 'save_results', 'swap_in', 'write_report']
 
 # %% ../nbs/06b_report.ipynb #55aa701a
-import base64, copy, re, statistics
+import base64, copy, re, shutil, statistics, tempfile
 from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 from matplotlib.figure import Figure as MplFigure
 from fastcore.xml import (to_xml, Html, Head, Meta, Title, Style, Body, H1, H2, H3, P, B, Span, Div, Ul, Li, A, Img, Br,
                           Table, Thead, Tbody, Tr, Th, Td, Section, Figure, Figcaption)
-from .core import describe_machine, read_results, write_json
+from .core import describe_machine, read_results, write_json, write_atomic, file_lock
 from .judge import Status, results_table, tally, plural, key
 
 # %% ../nbs/06b_report.ipynb #78e558cb
@@ -185,13 +185,15 @@ def chapter_section(
     table:list, # the rows of `results_table`
     results:list, # every task's result, with `page` and `figures` from `save_run`
     out:Path, # report folder, for the chapter's figure
-)->dict: # what the chapter's section shows; `status` is PASS when no row fails and every task ran to the end
+)->dict: # what the chapter's section shows; `status`: FAIL when a row fails or a task stopped, else PASS when a row passed, else not judged
     "Everything the report says about one chapter"
     runs = sorted((r for r in results if r['chapter'] == chapter), key=lambda r: (r['name'], r['seed']))
     rows, tab = [x for r in runs for x in r['rows']], [t for t in table if t['chapter'] == chapter]
     fig = seeds_figure(tab, out/'figures'/f'{chapter}-seeds.png')
     ok = all(t['status'] is not Status.FAIL for t in tab) and not any(r['error'] for r in runs)
-    return dict(chapter=chapter, status=Status.PASS if ok else Status.FAIL, table=failing_first(tab), devices=distinct(rows, 'device'),
+    st = Status.FAIL if not ok else Status.PASS if any(t['status'] is Status.PASS for t in tab) else Status.SHOWN
+    note = 'Ran to the end, with nothing to compare: no row of this chapter is judged against the books.' if st is Status.SHOWN else ''
+    return dict(chapter=chapter, status=st, note=note, table=failing_first(tab), devices=distinct(rows, 'device'),
                 data=distinct(rows, 'data'), runs=runs, figure=fig and fig.relative_to(out).as_posix(),
                 figures=[f for r in runs for f in r.get('figures', [])])
 
@@ -203,7 +205,8 @@ def report_head(
 )->dict: # status, summary, mode, machine: the lines at the top of the report
     "The report's header: the verdict and its counts, the mode and seeds, where it ran, this machine and the library versions"
     m, failed, seeds = describe_machine(), sum(bool(r['error']) for r in results), run['seeds']
-    return dict(status=Status.PASS if all(s['status'] is Status.PASS for s in sections) else Status.FAIL,
+    st = [s['status'] for s in sections]
+    return dict(status=Status.FAIL if Status.FAIL in st else Status.PASS if Status.PASS in st else Status.SHOWN,
                 summary=f"{tally(table)} — {plural(len(results), 'task')}, {failed or 'none'} failed",
                 mode=(f"{'quick mode (judged by the quick rules; the book column shows the book)' if run['quick'] else 'full settings'}"
                       f"; seeds {', '.join(map(str, seeds))} (N={len(seeds)}); {run['cluster']}"),
@@ -211,10 +214,10 @@ def report_head(
 
 # %% ../nbs/06b_report.ipynb #4ebf19e4
 LEGEND = ("ours: mean ± sd over the seeds (min–max, N seeds); a count: its range; Δ: mean − book. Rules: '= x': every seed "
-          "equals the book; '≥ x every seed': every seed reaches x; a tolerance tol: with N ≥ 3 seeds ('95% PI') the book's "
-          "number must lie in our prediction interval for one more run, mean ± max(tol, t(0.975, N−1) · sd · √(1 + 1/N)); "
-          "with fewer seeds ('± tol of our mean') within tol of our mean. 'our interval' shows the interval; 'shown': not "
-          "judged. Failing rows come first.")
+          "equals the book; '≥ x every seed': every seed reaches x; a tolerance tol ('95% PI'): the book's number must lie in "
+          "our prediction interval for one more run, mean ± max(tol, t(0.975, N−1) · sd · √(1 + 1/N)), which needs N ≥ 3 "
+          "seeds: with fewer the row is not judged ('needs 3 seeds'). 'our interval' shows the interval; 'shown': not "
+          "judged. Failing rows come first; a chapter with no judged row is headed NOT JUDGED.")
 
 def md_table(
     table:list, # rows of `results_table`
@@ -229,7 +232,7 @@ def md_section(
     "A chapter's section of `REPORT.md`"
     link = lambda r: f"[notebook]({r['page']})" if r.get('page') else 'no notebook'
     figs = [l for f in s['figures'] for l in (f"![{f['caption']}]({f['file']})", f"*{f['caption']}*", '')]
-    return [f"## {s['chapter']} — {s['status'].word.upper()}", '', f"**Device:** {'; '.join(s['devices']) or 'not recorded'}  ",
+    return [f"## {s['chapter']} — {s['status'].word.upper()}", '', *([s['note'], ''] if s.get('note') else []), f"**Device:** {'; '.join(s['devices']) or 'not recorded'}  ",
             *([f"**Data:** {'; '.join(s['data'])}  "] if s['data'] else []), '**Runs:**', '',
             *[f"- {r['name']}, {run_text(r)} — {link(r)}" for r in s['runs']], '', *md_table(s['table']), '',
             *([f"![{s['chapter']}: each seed beside the book]({s['figure']})", ''] if s['figure'] else []),
@@ -240,7 +243,7 @@ def markdown(
     sections:list, # from `chapter_section`, one per chapter
 )->str: # the text of `REPORT.md`
     "The whole markdown report"
-    toc = [f"- [{s['chapter']}](#{s['chapter']}--{s['status'].word}): {s['status'].word.upper()} — {tally(s['table'])}" for s in sections]
+    toc = [f"- [{s['chapter']}](#{s['chapter']}--{s['status'].word.replace(' ', '-')}): {s['status'].word.upper()} — {tally(s['table'])}" for s in sections]
     return '\n'.join(["# convlab: the books' results, reproduced", '', f"**{head['status'].word.upper()}** — {head['summary']}", '',
                       f"Mode: {head['mode']}  ", f"Machine: {head['machine']}", '', *toc, '', LEGEND, '',
                       *[l for s in sections for l in md_section(s)]])
@@ -249,7 +252,7 @@ def markdown(
 CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1250px;padding:1.5em;color:#222}
 h1{margin:.2em 0} h2{margin:1.6em 0 .4em;border-bottom:2px solid #ddd;padding-bottom:.2em}
 .badge{font-size:.7em;padding:.15em .5em;border-radius:.3em;color:#fff;vertical-align:middle}
-.badge.pass,#verdict.pass b{background:#2e7d32} .badge.fail,#verdict.fail b{background:#c62828}
+.badge.pass,#verdict.pass b{background:#2e7d32} .badge.fail,#verdict.fail b{background:#c62828} .badge.shown,#verdict.shown b{background:#757575}
 #verdict b{color:#fff;padding:.1em .5em;border-radius:.3em} .facts b{display:inline-block;width:4.5em}
 .legend,.meta{color:#555;font-size:.9em} table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
 th{background:#f3f3f3;text-align:left} td,th{border:1px solid #ddd;padding:3px 7px} td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -276,7 +279,7 @@ def html_section(
     runs = [Li(f"{r['name']}, {run_text(r)}", *([' — ', A('notebook', href=r['page'])] if r.get('page') else []),
                cls='failed' if r['error'] else 'ran') for r in s['runs']]
     figs = [Figure(A(Img(src=f['file'], alt=f['caption']), href=f['file']), Figcaption(f['caption'])) for f in s['figures']]
-    return Section(H2(s['chapter'], ' ', Span(st.word.upper(), cls=f'badge {st.css}')),
+    return Section(H2(s['chapter'], ' ', Span(st.word.upper(), cls=f'badge {st.css}')), *([P(s['note'], cls='note')] if s.get('note') else []),
                    Div(Div(B('Device'), ' ', '; '.join(s['devices']) or 'not recorded', cls='device'),
                        *([Div(B('Data'), ' ', '; '.join(s['data']), cls='data')] if s['data'] else []),
                        Div(B('Runs'), Ul(*runs), cls='runs'), cls='facts'),
@@ -301,10 +304,22 @@ def save_results(
     rows:list, # this run's rows, every seed's
     chapters:list, # the chapters that ran: their earlier rows are replaced
 )->list: # every row the file now holds
-    "Write this run's rows to `fn` atomically, keeping the rows it had of other chapters"
-    rows = [r for r in read_results(fn) if r['chapter'] not in chapters] + rows
-    write_json(fn, rows)
+    "Write this run's rows to `fn` atomically, keeping the rows it had of other chapters, under a lock: two runs into one folder keep both"
+    fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(fn.with_name(f'.{fn.name}.lock'), 60, f'merging results into {fn}'):
+        rows = [r for r in read_results(fn) if r['chapter'] not in chapters] + rows
+        write_json(fn, rows)
     return rows
+
+def swap_in(
+    stage:Path, # a folder holding the new `names`
+    out:Path, # the report folder
+    names:list, # folders to replace, e.g. ['notebooks', 'figures']
+):
+    "Replace each of `names` in `out` by the one in `stage` (a rename each), the old ones moved into `stage` to be deleted with it"
+    for n in names:
+        if (out/n).exists(): (out/n).rename(stage/f'old-{n}')
+        if (stage/n).exists(): (stage/n).rename(out/n)
 
 def write_report(
     out:Path, # report folder
@@ -312,13 +327,16 @@ def write_report(
     book:list, # the books' rows
     run:dict, # chapters, seeds, quick, cluster: how the run was made
 )->dict: # the report's header, from `report_head`: its `status` is PASS or FAIL
-    "Judge the results, then write `results.json`, the notebooks and their pages, the figures, `REPORT.md` and `index.html` in `out`"
-    rows = [x for r in results for x in r['rows']]
+    "Judge the results, then write `results.json`, the notebooks and their pages, the figures, `REPORT.md` and `index.html` in `out`, each whole"
+    rows, out = [x for r in results for x in r['rows']], Path(out)
     table = results_table(rows, book, run['chapters'], run['seeds'], run['quick'], gpu_chapters(results))
     out.mkdir(parents=True, exist_ok=True)
     save_results(out/'results.json', rows, run['chapters'])
-    results = [dict(r, **save_run(out, r)) for r in sorted(results, key=lambda r: (r['name'], r['seed']))]
-    secs = [chapter_section(c, table, results, out) for c in run['chapters']]
-    head = report_head(secs, table, results, run)
-    (out/'REPORT.md').write_text(markdown(head, secs)); (out/'index.html').write_text(html_page(head, secs))
+    with tempfile.TemporaryDirectory(prefix='.report-', dir=out) as stage:  # this run's notebooks and figures, then swapped in
+        results = [dict(r, **save_run(Path(stage), r)) for r in sorted(results, key=lambda r: (r['name'], r['seed']))]
+        secs = [chapter_section(c, table, results, Path(stage)) for c in run['chapters']]
+        head = report_head(secs, table, results, run)
+        md, page = markdown(head, secs), html_page(head, secs)
+        swap_in(Path(stage), out, ['notebooks', 'figures'])
+    write_atomic(out/'REPORT.md', md); write_atomic(out/'index.html', page)
     return head
