@@ -6,11 +6,12 @@ Docs: https://convlab.github.io/convlab/run.html.md"""
 
 # %% auto #0
 __all__ = ['JIT_WARNING', 'quiet_env', 'kernel_env', 'cell_timeout', 'execute', 'where', 'run_task', 'RunError',
-           'wait_for_workers', 'dask_client', 'kernel_threads', 'failed_task', 'time_left', 'progress_line',
-           'code_digest', 'task_file', 'finished_task', 'run_tasks', 'task_specs', 'build_datasets', 'prepare_data']
+           'wait_for_workers', 'local_cluster', 'dask_client', 'kernel_threads', 'failed_task', 'time_left',
+           'progress_line', 'as_finished', 'code_digest', 'package_digest', 'run_env', 'task_file', 'finished_task',
+           'split_finished', 'run_tasks', 'task_specs', 'build_datasets', 'prepare_data']
 
 # %% ../nbs/06a_run.ipynb #2a260cfc
-import hashlib, json, logging, math, os, socket, sys, tempfile, time, tomllib, uuid, warnings
+import hashlib, json, logging, math, os, platform, socket, sys, tempfile, time, tomllib, uuid, warnings
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,7 +22,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from traitlets.config import Config
 from fastcore.basics import num_cpus, uniqueify
 from fastcore.xtras import modified_env
-from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed import Client, LocalCluster, as_completed, get_worker, wait as wait_futures
+import convlab
 from .core import read_results, write_json, MALLOC_ENV
 from .judge import CHAPTERS, root, plural
 
@@ -48,9 +50,11 @@ def kernel_env(
 def cell_timeout(
     quick:bool=True, # quick mode?
     fn:Path=None, # the project's `pyproject.toml`; the repository's by default
+    default:int=1800, # the project's value, where there is no `pyproject.toml` (an installed convlab)
 )->int: # seconds
     "The time a chapter's cell may take: the project's `cell_timeout` in quick mode, six times that in full mode"
-    t = tomllib.loads(Path(fn or root()/'pyproject.toml').read_text())['tool']['nbdev']['cell_timeout']
+    fn = Path(fn or root()/'pyproject.toml')
+    t = tomllib.loads(fn.read_text())['tool']['nbdev']['cell_timeout'] if fn.exists() else default
     return int(t) * (1 if quick else 6)
 
 # %% ../nbs/06a_run.ipynb #cfa400d1
@@ -97,7 +101,7 @@ def run_task(
 
 # %% ../nbs/06a_run.ipynb #b8283cff
 class RunError(RuntimeError):
-    "A run that cannot start: no cluster to run on"
+    "A run that cannot start or go on: no cluster to run on, or no worker left in it"
 
 def wait_for_workers(
     client:Client, # a client of the cluster
@@ -105,21 +109,32 @@ def wait_for_workers(
 )->Client: # `client`, once a worker has joined
     "Wait until the cluster has a worker; a clear `RunError` after `timeout` seconds"
     try: client.wait_for_workers(1, timeout=timeout); return client
-    except TimeoutError: addr = client.scheduler.address
+    except TimeoutError as e: addr, cause = client.scheduler.address, e
     raise RunError(f'no Dask workers joined scheduler {addr} within {timeout:g} s: start workers with `dask worker {addr}` '
-                   f'(convlab installed where they run), or leave out --scheduler to run on a local cluster')
+                   f'(convlab installed where they run), or leave out --scheduler to run on a local cluster') from cause
+
+def local_cluster(
+    n_workers:int, # single-threaded worker processes
+    dashboard:bool=False, # serve Dask's dashboard (on 127.0.0.1 only)?
+    **kwargs, # passed on to `LocalCluster`
+)->LocalCluster:
+    "A `LocalCluster` of single-threaded processes that listens on 127.0.0.1 only, its workers keeping freed memory"
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address='127.0.0.1:0',
+                        scheduler_kwargs=dict(dashboard=dashboard), silence_logs=logging.ERROR, env=quiet_env(), **kwargs)
 
 @contextmanager
 def dask_client(
     scheduler:str=None, # address of a running Dask scheduler, e.g. 'tcp://10.0.0.5:8786'
     workers:int=None, # size of the local cluster; by default min(`n_tasks`, cores)
     n_tasks:int=1, # tasks to run
-    timeout:float=60, # seconds to wait for a worker
+    timeout:float=60, # seconds to wait for the scheduler to answer, and for a worker
+    dashboard:bool=False, # serve the local cluster's dashboard on 127.0.0.1
 ): # yields a `distributed.Client`
     "A client of the cluster at `scheduler` (once it has a worker), or of a local cluster of single-threaded processes"
-    local = lambda: LocalCluster(n_workers=workers or max(1, min(n_tasks, num_cpus())), threads_per_worker=1, processes=True,
-                                 dashboard_address=':0', silence_logs=logging.ERROR, env=quiet_env())
-    with (nullcontext(scheduler) if scheduler else local()) as c, Client(c) as client: yield wait_for_workers(client, timeout)
+    local = lambda: local_cluster(workers or max(1, min(n_tasks, num_cpus())), dashboard)
+    with (nullcontext(scheduler) if scheduler else local()) as c, Client(c, timeout=timeout) as client:
+        if dashboard and not scheduler: print(f'Dask dashboard: {client.dashboard_link}', flush=True)
+        yield wait_for_workers(client, timeout)
 
 # %% ../nbs/06a_run.ipynb #ae572509
 def kernel_threads(
@@ -161,6 +176,27 @@ def progress_line(
     took = f" in {res['seconds']:.0f} s" if res['seconds'] is not None else ''
     return f"[{done}/{total}] {res['name']} seed {res['seed']}: {what}{took}; about {time_left(done, total, elapsed, slots):.0f} s left"
 
+# %% ../nbs/06a_run.ipynb #cbbfbd30
+def as_finished(
+    client:Client, # a client of the cluster running `futs`
+    futs:list, # Dask futures
+    wait:float=60, # seconds without any worker after which the unfinished ones are given up
+    poll:float=1, # seconds between looks at the cluster
+): # yields (future, None) as each finishes, then (future, `RunError`) for each one given up
+    "The futures in the order they finish; when the cluster has had no worker for `wait` seconds, the rest, each with the error"
+    pending, alone = set(futs), None
+    while pending:
+        try: done = wait_futures(list(pending), timeout=poll, return_when='FIRST_COMPLETED').done
+        except TimeoutError: done = set()
+        for f in done: pending.discard(f); yield f, None
+        if not pending or client.scheduler_info(n_workers=-1)['workers']: alone = None; continue
+        alone = alone or time.monotonic()
+        if time.monotonic() - alone < wait: continue
+        err = RunError(f'no Dask worker was left on scheduler {client.scheduler.address} for {wait:g} s, so the task could '
+                       'not run: restart workers there, then run again with --resume to keep what finished')
+        client.cancel(list(pending))
+        for f in list(pending): pending.discard(f); yield f, err
+
 # %% ../nbs/06a_run.ipynb #1740ae53
 def code_digest(
     nb_json:str, # a notebook's JSON
@@ -168,6 +204,21 @@ def code_digest(
     "A digest of the notebook's code cells only: edited prose and new outputs leave it unchanged"
     cells = nbformat.reads(nb_json, as_version=4).cells
     return hashlib.sha256('\0'.join(c.source for c in cells if c.cell_type == 'code').encode()).hexdigest()[:16]
+
+def package_digest(
+    pkg:Path=None, # the package folder; convlab's by default
+)->str: # 16 hex digits
+    "A digest of the package's source and data files (`*.py`, `*.json`; not the docs index `_modidx.py`)"
+    pkg, h = Path(pkg or Path(convlab.__file__).parent), hashlib.sha256()
+    for f in sorted(p for p in pkg.rglob('*') if p.suffix in ('.py', '.json') and p.name != '_modidx.py' and '__pycache__' not in p.parts):
+        h.update(f.relative_to(pkg).as_posix().encode() + b'\0' + f.read_bytes() + b'\0')
+    return h.hexdigest()[:16]
+
+def run_env()->dict: # package, torch, fastai, python, device
+    "What beside the notebook's code shapes a task's result here: convlab's files, the library versions, the kind of device"
+    import torch, fastai
+    dev = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    return dict(package=package_digest(), torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version(), device=dev)
 
 def task_file(
     keep:Path, # the folder of finished tasks
@@ -180,12 +231,21 @@ def finished_task(
     keep:Path, # the folder of finished tasks
     spec:dict, # the task about to run
 )->dict: # its saved result, or None to run it
-    "The saved result of `spec`'s task if it ran to the end with the same code cells and mode"
+    "The saved result of `spec`'s task if it ran to the end with the same code cells, environment (`run_env`), mode and seed"
     fn = task_file(keep, spec)
     if not fn.exists(): return None
     r = json.loads(fn.read_text())
-    same = not r['error'] and r['nb'] and r['quick'] == spec['quick'] and code_digest(r['nb']) == code_digest(spec['nb'])
+    same = (not r['error'] and r['nb'] and (r['quick'], r['seed'], r.get('env')) == (spec['quick'], spec['seed'], spec.get('env'))
+            and code_digest(r['nb']) == code_digest(spec['nb']))
     return r if same else None
+
+def split_finished(
+    keep:Path, # the folder of finished tasks
+    specs:list, # the tasks of a run
+)->tuple: # (saved results to take, specs still to run)
+    "The tasks `finished_task` finds in `keep`, and the others"
+    done = [r for s in specs if (r := finished_task(keep, s))]
+    return done, [s for s in specs if not any((r['name'], r['seed']) == (s['name'], s['seed']) for r in done)]
 
 # %% ../nbs/06a_run.ipynb #fc197d56
 def run_tasks(
@@ -193,16 +253,18 @@ def run_tasks(
     specs:list, # one per (notebook, seed)
     keep:Path=None, # a folder where each task that runs to the end is saved as it finishes (`task_file`)
     resume:bool=False, # take the tasks already finished in `keep` (`finished_task`) instead of running them again
+    wait:float=60, # seconds without any worker after which the unfinished tasks fail (`as_finished`)
 )->list: # their results: the finished ones taken from `keep` first, then the others in the order they finished
     "Run every spec as a task and gather the results as they finish, one progress line each"
-    done = [r for s in specs if resume and keep and (r := finished_task(keep, s))]
-    todo = [s for s in specs if not any((r['name'], r['seed']) == (s['name'], s['seed']) for r in done)]
-    if done: print(f"{plural(len(done), 'task')} taken from {keep} (finished before, same code): "
+    done, todo = split_finished(keep, specs) if resume and keep else ([], specs)
+    if done: print(f"{plural(len(done), 'task')} taken from {keep} (finished before, same code and environment): "
                    + ', '.join(f"{r['name']} seed {r['seed']}" for r in done), flush=True)
     threads, slots, start, out = kernel_threads(client), sum(client.nthreads().values()), time.time(), []
     futs = {client.submit(run_task, s, threads, key=f"{s['name']}-seed{s['seed']}-{uuid.uuid4().hex[:8]}"): s for s in todo}
-    for i, f in enumerate(as_completed(futs), 1):
-        try: out.append(f.result())
+    for i, (f, gave_up) in enumerate(as_finished(client, list(futs), wait), 1):
+        try:
+            if gave_up: raise gave_up
+            out.append(f.result())
         except Exception as e: out.append(failed_task(futs[f], e))
         if keep and not out[-1]['error']: write_json(task_file(keep, out[-1]), out[-1])
         print(progress_line(i, len(futs), time.time() - start, out[-1], slots), flush=True)
@@ -215,8 +277,9 @@ def task_specs(
     quick:bool=False, # quick mode?
     timeout:int=1800, # seconds a cell may take
 )->list: # one spec per (notebook, seed), each carrying the notebook's JSON
-    "The tasks of a run: every notebook with every seed"
-    return [dict(chapter=c, name=Path(p).stem, nb=Path(p).read_text(), seed=s, quick=quick, timeout=timeout)
+    "The tasks of a run: every notebook with every seed, and this machine's `run_env`"
+    env = run_env()
+    return [dict(chapter=c, name=Path(p).stem, nb=Path(p).read_text(), seed=s, quick=quick, timeout=timeout, env=env)
             for p, c in nbs.items() for s in seeds]
 
 def build_datasets(
