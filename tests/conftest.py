@@ -71,3 +71,13 @@ def fastbook13_report(cluster, tmp_path_factory)->tuple:
     res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--seeds', '2', '--only', 'fastbook13',
                           '--scheduler', cluster], capture_output=True, text=True)
     return out, res
+
+@pytest.fixture(scope='session')
+def chapters_report(cluster, tmp_path_factory)->tuple:
+    "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
+    from convlab.judge import CHAPTERS, root
+    out = tmp_path_factory.mktemp('chapters')/'report'
+    nbs = [str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13']
+    res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--scheduler', cluster, '--notebook', *nbs],
+                         capture_output=True, text=True)
+    return out, res
