@@ -1,5 +1,5 @@
 "Bad input gets one line and exit status 2 before any work starts; an installed convlab (a wheel, no clone) runs `data` and refuses `reproduce` in one line"
-import os, subprocess, sys, time
+import os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
 import fastcore.test as fct
@@ -39,8 +39,11 @@ def test_scheduler_that_does_not_answer(tmp_path):
 
 def test_installed_convlab(tmp_path, home):
     "A wheel installed outside any clone: `convlab data` builds, `convlab reproduce` says in one line what it needs"
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(tmp_path/'dist'), str(root)],
+    root, src = Path(__file__).resolve().parent.parent, tmp_path/'src'  # built from a copy: the build leaves nothing in the clone
+    shutil.copytree(root/'convlab', src/'convlab', ignore=shutil.ignore_patterns('__pycache__'))
+    for f in ('pyproject.toml', 'README.md', 'LICENSE'):
+        if (root/f).exists(): shutil.copy(root/f, src/f)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(tmp_path/'dist'), str(src)],
                    check=True, capture_output=True, timeout=300)
     (whl,) = (tmp_path/'dist').glob('convlab-*.whl')
     site = tmp_path/'site'
@@ -48,8 +51,8 @@ def test_installed_convlab(tmp_path, home):
                    check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path/'elsewhere'; elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE='1')
-    run = lambda *a: subprocess.run([sys.executable, '-c', 'import sys, convlab.cli; print(convlab.cli.__file__, file=sys.stderr) if 0 else None; '
-                                     'sys.exit(convlab.cli.main())', *a], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
+    run = lambda *a: subprocess.run([sys.executable, '-c', 'import sys, convlab.cli; sys.exit(convlab.cli.main())', *a],
+                                    capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
     where = subprocess.run([sys.executable, '-c', 'import convlab; print(convlab.__file__)'], capture_output=True, text=True, cwd=elsewhere, env=env)
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr  # the installed copy, not the clone
     r = run('reproduce', '--quick', '--out', str(tmp_path/'report'))
