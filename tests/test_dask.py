@@ -86,7 +86,7 @@ def test_scheduler_without_workers(tmp_path):
     "A --scheduler that no worker joins ends the run within --wait seconds, saying what was waited for and what to do"
     nb = tmp_path/'90_fixwait_demo.ipynb'
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')]), nb)
-    with LocalCluster(n_workers=0, dashboard_address=':0') as empty:
+    with LocalCluster(n_workers=0, dashboard_address=None) as empty:
         start = time.time()
         res = subprocess.run([CONVLAB, 'reproduce', '--quick', '--out', str(tmp_path/'out'), '--notebook', str(nb), '--scheduler',
                               empty.scheduler_address, '--wait', '3'], capture_output=True, text=True, timeout=120)
