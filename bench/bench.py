@@ -23,15 +23,14 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, PILImageBW,
 from fastai.callback.hook import ActivationStats
 from fastai.torch_core import default_device
 from convlab.data import untar_data
-from convlab.cnn import simple_cnn
+from convlab.fastbook13 import simple_cnn, conv, bn_conv, MNIST_CHANS
 from convlab.fast import in_memory
-from convlab.nets import Net, NetWidth, NetDropout, NetBatchNorm, NetDepth, NetRes, NetResDeep
+from convlab.dlwpt08 import Net, NetWidth, NetDropout, NetBatchNorm, NetDepth, NetRes, NetResDeep, training_loop
 from convlab.core import describe_device
 from convlab.data import cifar_subset
 import convlab.loop
-from convlab.loop import stack_pairs, training_loop, train_run, train_runs, keep_freed_memory
+from convlab.loop import stack_pairs, train_run, train_runs, keep_freed_memory
 
-MNIST_CHANS = (1, 8, 16, 32, 64, 10)
 
 class Peak:
     "Context manager: the largest resident set size of this process while the block runs, in MB"
@@ -73,7 +72,7 @@ def mnist_dls(bs=512):
                      batch_tfms=Normalize()).dataloaders(untar_data(URLs.MNIST), bs=bs)  # the book's call: fastai's default workers
 
 def fit_fastai(dls, epochs=1, lr=0.06, bn=True, one_cycle=True, hist=True):
-    learn = Learner(dls, simple_cnn(MNIST_CHANS, first_ks=5, bn=bn), loss_func=F.cross_entropy, metrics=accuracy,
+    learn = Learner(dls, simple_cnn(MNIST_CHANS, first_ks=5, block=bn_conv if bn else conv), loss_func=F.cross_entropy, metrics=accuracy,
                     cbs=ActivationStats(with_hist=True) if hist else None)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs, lr) if one_cycle else learn.fit(epochs, lr)
@@ -81,7 +80,7 @@ def fit_fastai(dls, epochs=1, lr=0.06, bn=True, one_cycle=True, hist=True):
 
 def raw_epoch(xs, ys, vxs, vys, bs=512, lr=0.06):
     "The floor: the same model and data as plain tensors, a bare PyTorch epoch (train and validate), no hooks"
-    model = simple_cnn(MNIST_CHANS, first_ks=5, bn=True)
+    model = simple_cnn(MNIST_CHANS, first_ks=5, block=bn_conv)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-5)  # fastai's default optimiser
     model.train()
     for idx in torch.randperm(len(xs)).split(bs):
@@ -146,7 +145,7 @@ def book_epoch(make, pairs):
     set_seed(0); model = make().to(default_device())
     loader = DataLoader(pairs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     t = time.perf_counter()
-    training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(), loader, bar=False)
+    training_loop(1, torch.optim.SGD(model.parameters(), lr=1e-2), model, torch.nn.CrossEntropyLoss(), loader, log_every=0)
     return time.perf_counter() - t
 
 def dlwpt(reps, deep_blocks):
