@@ -8,7 +8,7 @@ Docs: https://convlab.github.io/convlab/loop.html.md"""
 __all__ = ['stack_pairs', 'TensorBatches', 'keep_freed_memory', 'train_run', 'train_runs']
 
 # %% ../nbs/05_loop.ipynb #b746d059
-import copy, ctypes, logging, time, warnings
+import copy, ctypes, time, warnings
 import torch
 from torch import nn, Tensor
 from torch.utils.data import DataLoader
@@ -108,14 +108,17 @@ def _single_thread_run(kw:dict, *data)->dict:
     torch.set_num_threads(1)
     return train_run(data=data, **kw)
 
-def _in_processes(runs:dict, data:tuple, n_workers:int)->dict:
-    "Each of `runs` as a task on a `LocalCluster` of `n_workers` single-thread processes, in the order given"
-    from dask.distributed import Client, LocalCluster, as_completed
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=':0',
-                      silence_logs=logging.ERROR, env=dict(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')) as cluster, Client(cluster) as client:
+def _in_processes(runs:dict, data:tuple, n_workers:int, wait:float=60)->dict:
+    "Each of `runs` as a task on a loopback-only `local_cluster` of `n_workers` single-thread processes, in the order given"
+    from distributed import Client
+    from convlab.run import local_cluster, as_finished
+    with local_cluster(n_workers) as cluster, Client(cluster) as client:
         shared = client.scatter(list(data), broadcast=True)
         futs = {client.submit(_single_thread_run, kw, *shared, pure=False): name for name, kw in runs.items()}
-        out = {futs[f]: f.result() for f in progress_bar(as_completed(futs), total=len(futs), leave=False)}
+        out = {}
+        for f, err in progress_bar(as_finished(client, list(futs), wait), total=len(futs), leave=False):
+            if err: raise err  # no worker left for `wait` s: stop, naming why, rather than wait for ever
+            out[futs[f]] = f.result()
     return {name: out[name] for name in runs}
 
 def train_runs(
