@@ -1,6 +1,6 @@
 """Training speed of both chapters, the books' code path beside convlab's faster ones, measured in one run.
 
-    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set|ops|alloc|stack] [--deep-blocks 10] [--set-epochs 5]
+    .venv/bin/python bench/bench.py [--reps 3] [--chapter] [--only fastbook|dlwpt|set|ops|alloc|stack|layout] [--deep-blocks 10] [--set-epochs 5]
 
 Each figure is the median of `--reps` timed runs after one warm-up run (the rows of a table take turns), with the
 process's peak resident memory during those runs and the images per second it implies. Nothing here asserts a time: it prints figures and ratios.
@@ -9,7 +9,9 @@ path on a 2-core CPU), once per path. `--only set` times the DLwPT figure-8.13 t
 in fresh processes (glibc's allocator settings hold for a whole process), taking turns round by round. `--only ops`
 profiles a training step of the tanh models and times the ops it spends most on. `--only alloc` times training steps
 under glibc's allocator, with freed memory kept, and under jemalloc and tcmalloc where they are installed (preloaded in
-fresh processes). `--only stack` times K seeds stacked in one model with `torch.func.vmap` against one model at a time.
+fresh processes). `--only stack` times K seeds stacked in one model with `torch.func.vmap` against one model at a time. `--only layout` times
+the two layouts of `train_runs` (one training at a time with all threads, or one single-thread process per training side
+by side) on whole epochs, beside what `probe_layout` measures in a few steps and which layout it picks.
 """
 import argparse, itertools, json, os, platform, statistics, subprocess, sys, threading, time, warnings
 from functools import partial
@@ -29,7 +31,7 @@ from convlab.dlwpt08 import Net, NetWidth, NetDropout, NetBatchNorm, NetDepth, N
 from convlab.core import describe_device
 from convlab.data import cifar_subset
 import convlab.loop
-from convlab.loop import stack_pairs, train_run, train_runs, keep_freed_memory
+from convlab.loop import stack_pairs, train_run, train_runs, keep_freed_memory, probe_layout, _here, _on_workers
 
 
 class Peak:
@@ -349,6 +351,33 @@ def stacking(reps:int, steps:int=50, Ks=(2, 4)):
             print(f'  {make.__name__:<9} {"channels-last" if fmt == torch.channels_last else "contiguous":<14}'
                   + ''.join(f'  {name} {m:6.2f} ms ({meds[0]/m:.2f}x)' for (name, _, _), m in zip(rows, meds)))
 
+# DLwPT 8: the two layouts `train_runs` chooses between, timed on whole epochs of CIFAR-2 (the cluster started once,
+# outside the timings), beside the few steps `probe_layout` times to choose, and its choice
+def layouts(reps:int, epochs:int=1):
+    from distributed import Client
+    from convlab.run import local_cluster
+    n = torch.get_num_threads()
+    if default_device().type != 'cpu' or n < 2: print('\nlayout: needs a CPU and more than one thread; train_runs trains one at a time here'); return
+    cifar2_train, cifar2_val = cifar2()
+    data = (*stack_pairs(cifar2_train), *stack_pairs(cifar2_val))
+    t = time.perf_counter()
+    with local_cluster(n) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__('convlab.loop'))  # the workers' imports, also outside the timings
+        print(f'\nDLwPT 8: {n} trainings of {epochs} epoch(s) of 10,000 images (batch 64), one at a time with {n} threads or side by side '
+              f'in {n} single-thread processes; seconds a training, medians of {reps} rounds; load average {os.getloadavg()[0]:.1f} '
+              f'(starting the {n} workers took {time.perf_counter() - t:.1f} s, paid by each train_runs call that trains side by side)')
+        for name, make in (('Net', Net), ('NetWidth', NetWidth), ('NetBatchNorm', NetBatchNorm)):
+            runs = {f'seed{i}': dict(make_model=make, n_epochs=epochs, seed=i) for i in range(n)}
+            t = time.perf_counter(); p = probe_layout(runs['seed0'], data, client); probe_s = time.perf_counter() - t
+            rows = measure([(f'one at a time ({n} threads)', lambda: _here(runs, data)),
+                            (f'side by side ({n} x 1 thread)', lambda: _on_workers(runs, data, client))], reps)
+            show(f'{name}: both layouts (the second row\'s ratio > 1: side by side is faster)', [(k, [x/n for x in ts], None) for k, ts, _ in rows], epochs*10_000)
+            won = 'side by side' if statistics.median(rows[1][1]) < statistics.median(rows[0][1]) else 'one at a time'
+            picked = 'side by side' if p['n_workers'] > 1 else 'one at a time'
+            print(f"  probe ({probe_s:.1f} s): a step {p['one_ms']:.1f} ms one at a time, {p['side_ms']:.1f} ms side by side "
+                  f"({p['side_ms']/n:.1f} ms a training, {p['one_ms']/(p['side_ms']/n):.2f}x): picks {picked}; the epochs above: {won} "
+                  f"{'(agrees)' if picked == won else '(DISAGREES)'}", flush=True)
+
 def cpu_flags()->str:
     "The vector extensions of this CPU that torch's kernels use (AVX2, AVX-512, AMX), from /proc/cpuinfo"
     info = '/proc/cpuinfo'
@@ -365,9 +394,10 @@ if __name__ == '__main__':
     p.add_argument('--reps', type=int, default=3, help='timed repetitions after the warm-up (median reported)')
     p.add_argument('--chapter', action='store_true', help="also time the fastbook chapter's whole training, once per path")
     p.add_argument('--deep-blocks', type=int, default=0, help='also time NetResDeep with this many residual blocks (the book: 100)')
-    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set', 'ops', 'alloc', 'stack'], help='one table only')
+    p.add_argument('--only', choices=['fastbook', 'dlwpt', 'set', 'ops', 'alloc', 'stack', 'layout'], help='one table only')
     p.add_argument('--set-epochs', type=int, default=5, help='epochs of each figure-8.13 training in the `set` table')
     p.add_argument('--set-images', type=int, help='train the `set` table on the first n images only (default: all 10,000; the Net-epoch rows always use all)')
+    p.add_argument('--layout-epochs', type=int, default=1, help='epochs of each training in the `layout` table')
     p.add_argument('--steps', type=int, default=100, help='training steps a round in the `alloc` table')
     p.add_argument('--set-job', choices=list(SET_JOBS.values()), help=argparse.SUPPRESS)  # one job, in a fresh process
     p.add_argument('--alloc-job', choices=['default', 'mallopt'], help=argparse.SUPPRESS)  # likewise
@@ -381,3 +411,4 @@ if __name__ == '__main__':
     if a.only in (None, 'ops'): ops(a.reps)
     if a.only in (None, 'alloc'): allocators(a.reps, a.steps)
     if a.only in (None, 'stack'): stacking(a.reps)
+    if a.only in (None, 'layout'): layouts(a.reps, a.layout_epochs)

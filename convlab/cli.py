@@ -11,7 +11,9 @@ __all__ = ['data_cmd', 'UsageError', 'chapter_of', 'pick_notebooks', 'cluster_wo
 # %% ../nbs/07_cli.ipynb #4fbe7045
 import argparse, sys, tempfile, time
 from pathlib import Path
-from .judge import CHAPTERS, dataset_names, root, plural, book_results, BookError
+from fastcore.basics import uniqueify
+from .core import CHAPTERS, dataset_names, root
+from .judge import plural, book_results, BookError
 
 # %% ../nbs/07_cli.ipynb #74ef1e88
 def data_cmd(
@@ -71,7 +73,7 @@ def run_on_dask(
     from convlab.run import dask_client, run_tasks
     with dask_client(scheduler, workers, len(specs), wait, dashboard) as client:
         where = cluster_words(scheduler, len(client.scheduler_info(n_workers=-1)['workers']))
-        chapters = ', '.join(dict.fromkeys(s['chapter'] for s in specs))
+        chapters = ', '.join(uniqueify(s['chapter'] for s in specs))
         print(f"{plural(len(specs), 'task')} ({chapters}, {'quick' if specs[0]['quick'] else 'full'} mode) on {where}", flush=True)
         return run_tasks(client, specs, keep, wait=wait), where
 
@@ -95,7 +97,7 @@ def reproduce(
     from convlab.report import write_report
     from convlab.judge import Status
     nbs, refs, start, keep = pick_notebooks(only, notebooks), book_results(book), time.time(), Path(out)/'tasks'
-    chapters = list(dict.fromkeys(nbs.values()))
+    chapters = uniqueify(nbs.values())
     specs = task_specs(nbs, range(seeds), quick, cell_timeout or default_timeout(quick))
     done, todo = split_finished(keep, specs) if resume else ([], specs)
     if done: print(f"{plural(len(done), 'task')} taken from {keep} (finished before, same code and environment): "

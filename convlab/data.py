@@ -7,11 +7,10 @@ Docs: https://convlab.github.io/convlab/data.html.md"""
 # %% auto #0
 __all__ = ['MNIST_WHEEL', 'MNIST_SHA256', 'CIFAR_ARCHIVE', 'CIFAR_SHA256', 'QUICK_EVERY', 'PIP_TIMEOUT', 'LOCK_WAIT', 'PIP',
            'SOURCE_FILE', 'MNIST_COUNTS', 'CIFAR_CLASSES', 'FASTAI_LAYOUT', 'DATASETS', 'BUILDERS', 'CIFAR2',
-           'CIFAR_MEAN', 'CIFAR_STD', 'DataError', 'SourceMissing', 'sha256', 'mirror_file', 'mnist_wheel',
-           'load_mnist', 'class_subset', 'save_pngs', 'build_mnist_sample', 'build_mnist', 'build_cifar10',
-           'is_complete', 'not_ours', 'build_dataset', 'subset_copy', 'fastai_downloader', 'extract_archive',
-           'layout_problems', 'fastai_folder', 'untar_data', 'dataset_source', 'cifar_tfm', 'cifar_subset',
-           'channel_stats']
+           'CIFAR_MEAN', 'CIFAR_STD', 'DataError', 'SourceMissing', 'mirror_file', 'mnist_wheel', 'load_mnist',
+           'class_subset', 'save_pngs', 'build_mnist_sample', 'build_mnist', 'build_cifar10', 'is_complete', 'not_ours',
+           'build_dataset', 'subset_copy', 'fastai_downloader', 'extract_archive', 'layout_problems', 'fastai_folder',
+           'untar_data', 'dataset_source', 'cifar_tfm', 'cifar_subset', 'channel_stats']
 
 # %% ../nbs/01_data.ipynb #5d3e489e
 import copy, gzip, hashlib, os, pickle, random, shutil, subprocess, sys, tarfile, tempfile, zipfile, zlib
@@ -42,14 +41,6 @@ class DataError(RuntimeError):
 
 class SourceMissing(DataError):
     "The offline source of a dataset is not available here"
-
-# %% ../nbs/01_data.ipynb #7bf370e9
-def sha256(fn:Path)->str: # hex digest
-    "sha256 of the file `fn`"
-    h = hashlib.sha256()
-    with open(fn, 'rb') as f:
-        for chunk in iter(lambda: f.read(1<<20), b''): h.update(chunk)
-    return h.hexdigest()
 
 # %% ../nbs/01_data.ipynb #9dc14077
 def mirror_file(name:str)->Path|None: # path of `name` in the mirror, if there
@@ -171,7 +162,8 @@ def build_cifar10(
     arch = mirror_file(CIFAR_ARCHIVE)
     if arch is None: raise SourceMissing(f"no {CIFAR_ARCHIVE} in a mirror folder: set CONVLAB_DATA_MIRROR to the "
                                          f"folder holding it (now {os.environ.get('CONVLAB_DATA_MIRROR')!r})")
-    if (got := sha256(arch)) != CIFAR_SHA256:
+    with open(arch, 'rb') as f: got = hashlib.file_digest(f, 'sha256').hexdigest()
+    if got != CIFAR_SHA256:
         raise DataError(f"{arch} has sha256 {got}, expected {CIFAR_SHA256}: the file is damaged or not the "
                         "convlab mirror archive. Copy it again.")
     try:

@@ -18,6 +18,7 @@ from fastai.learner import Learner
 from fastai.metrics import accuracy
 from fastai.callback.hook import ActivationStats
 from fastai.callback.schedule import fit_one_cycle
+from fastai.torch_core import one_param
 from .kernels import same_pad
 from .fast import in_memory
 
@@ -29,7 +30,8 @@ def batch_loss(
     loss_func=F.cross_entropy, # loss taking (predictions, targets)
 )->Tensor: # scalar loss, a plain `Tensor` on the model's device
     "Loss of `model` on one batch, on plain tensors moved to the model's device"
-    dev = next(model.parameters(), xb).device  # the model's device (the batch's, for a model without parameters)
+    p = one_param(model)  # None for a model without parameters: it runs where the batch is
+    dev = xb.device if p is None else p.device
     xb, yb = xb.as_subclass(Tensor).to(dev), yb.as_subclass(Tensor).to(dev)
     return loss_func(model(xb), yb)
 

@@ -12,6 +12,7 @@ __all__ = ['EDGE_KERNELS', 'edge_kernel', 'edge_kernels', 'apply_kernel', 'conv_
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from fastai.torch_core import one_param
 
 # %% ../nbs/02_kernels.ipynb #679a223f
 EDGE_KERNELS = dict(
@@ -138,14 +139,14 @@ def receptive_field(
 # %% ../nbs/02_kernels.ipynb #32114294
 def grad_footprint(
     model:nn.Module, # a model whose output has shape [n,c,h,w]
-    xb:Tensor, # input batch [n,ci,H,W], on any device: it is moved to the model's
+    xb:Tensor, # input batch [n,ci,H,W], on any device: it is moved to the model's, if the model has parameters
     row:int, # row of the output activation
     col:int, # column of the output activation
     channel:int=0, # channel of the output activation
 )->Tensor: # bool [H,W] on the CPU: True where the input's gradient is nonzero
     "Input pixels that the output activation at (`channel`, `row`, `col`) depends on, measured by autograd"
-    dev = next(model.parameters(), xb).device  # the model's device (the batch's, for a model without parameters)
-    xb = xb.detach().as_subclass(Tensor).to(dev).clone().requires_grad_()
+    p = one_param(model)  # None for a model without parameters: it runs where the batch is
+    xb = xb.detach().as_subclass(Tensor).to(xb.device if p is None else p.device).clone().requires_grad_()
     was_training = model.training
     model.eval()
     try: model(xb)[:, channel, row, col].sum().backward()

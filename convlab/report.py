@@ -13,13 +13,14 @@ __all__ = ['COLS', 'LEGEND', 'CSS', 'fmt', 'integral', 'fmt_ours', 'fmt_delta', 
 # %% ../nbs/06b_report.ipynb #55aa701a
 import base64, copy, re, shutil, statistics, tempfile
 from pathlib import Path
+from fastcore.basics import uniqueify
 import nbformat
 from nbconvert import HTMLExporter
 from matplotlib.figure import Figure as MplFigure
 from fastcore.xml import (to_xml, Html, Head, Meta, Title, Style, Body, H1, H2, H3, P, B, Span, Div, Ul, Li, A, Img, Br,
                           Table, Thead, Tbody, Tr, Th, Td, Section, Figure, Figcaption)
 from .core import describe_machine, read_results, write_json, write_atomic, file_lock
-from .judge import Status, results_table, tally, plural, key
+from .judge import Status, RULES, results_table, tally, plural, key
 
 # %% ../nbs/06b_report.ipynb #78e558cb
 def fmt(
@@ -81,7 +82,7 @@ def distinct(
     k:str, # e.g. 'device' or 'data'
 )->list: # the distinct values of `k`, in the order they first appear
     "The values the rows that have `k` give it, each once"
-    return list(dict.fromkeys(r[k] for r in rows if r.get(k)))
+    return uniqueify(r[k] for r in rows if r.get(k))
 
 def gpu_chapters(
     results:list, # every task's result
@@ -202,9 +203,10 @@ def report_head(
     table:list, # every row of `results_table`
     results:list, # every task's result
     run:dict, # quick, seeds, cluster: how the run was made
+    machine:dict=None, # device and library versions, as `describe_machine` gives them; this machine's by default
 )->dict: # status, summary, mode, machine: the lines at the top of the report
     "The report's header: the verdict and its counts, the mode and seeds, where it ran, this machine and the library versions"
-    m, failed, seeds = describe_machine(), sum(bool(r['error']) for r in results), run['seeds']
+    m, failed, seeds = machine or describe_machine(), sum(bool(r['error']) for r in results), run['seeds']
     st = [s['status'] for s in sections]
     return dict(status=Status.FAIL if Status.FAIL in st else Status.PASS if Status.PASS in st else Status.SHOWN,
                 summary=f"{tally(table)} — {plural(len(results), 'task')}, {failed or 'none'} failed",
@@ -213,11 +215,9 @@ def report_head(
                 machine=f"{m['device']} · torch {m['torch']} · fastai {m['fastai']} · python {m['python']}")
 
 # %% ../nbs/06b_report.ipynb #4ebf19e4
-LEGEND = ("ours: mean ± sd over the seeds (min–max, N seeds); a count: its range; Δ: mean − book. Rules: '= x': every seed "
-          "equals the book; '≥ x every seed': every seed reaches x; a tolerance tol ('95% PI'): the book's number must lie in "
-          "our prediction interval for one more run, mean ± max(tol, t(0.975, N−1) · sd · √(1 + 1/N)), which needs N ≥ 3 "
-          "seeds: with fewer the row is not judged ('needs 3 seeds'). 'our interval' shows the interval; 'shown': not "
-          "judged. Failing rows come first; a chapter with no judged row is headed NOT JUDGED.")
+LEGEND = (f"ours: mean ± sd over the seeds (min–max, N seeds); a count: its range; Δ: mean − book. Rules: {RULES} "
+          "'our interval' shows the interval of a tolerance row. Failing rows come first; a chapter with no judged row is "
+          "headed NOT JUDGED.")
 
 def md_table(
     table:list, # rows of `results_table`

@@ -22,17 +22,17 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from traitlets.config import Config
 from fastcore.basics import num_cpus, uniqueify
 from fastcore.xtras import modified_env
-from distributed import Client, LocalCluster, as_completed, get_worker, wait as wait_futures
+from distributed import Client, LocalCluster, get_worker, wait as wait_futures
 import convlab
-from .core import read_results, write_json, MALLOC_ENV
-from .judge import CHAPTERS, root, plural
+from .core import read_results, write_json, MALLOC_ENV, CHAPTERS, root, thread_env, keep_freed_memory_wanted
+from .judge import plural
 
 # %% ../nbs/06a_run.ipynb #771bc553
 JIT_WARNING = '`torch.jit.script` is deprecated' # what torch ≥ 2.10 says when fastai's layers are imported
 
 def quiet_env()->dict: # environment variables
-    "The environment that keeps `JIT_WARNING` out of a Python process, and glibc's malloc keeping freed memory"
-    return dict(MALLOC_ENV, PYTHONWARNINGS=f'ignore:{JIT_WARNING}:FutureWarning')
+    "What every process convlab starts begins with: no `JIT_WARNING`, and `MALLOC_ENV` unless `keep_freed_memory_wanted()` says no"
+    return dict(MALLOC_ENV if keep_freed_memory_wanted() else {}, PYTHONWARNINGS=f'ignore:{JIT_WARNING}:FutureWarning')
 
 def kernel_env(
     seed:int, # the run's seed, for `chapter_seed`
@@ -41,10 +41,8 @@ def kernel_env(
     threads:int=1, # torch (OpenMP/MKL/BLAS) threads for the kernel
 )->dict: # the kernel's whole environment
     "This process's environment, with a chapter run's seed, mode, results file, inline figures and thread count"
-    n = str(threads)
-    return {**os.environ, **quiet_env(), 'CONVLAB_SEED': str(seed), 'CONVLAB_QUICK': '1' if quick else '0',
-            'CONVLAB_RESULTS': str(results), 'MPLBACKEND': 'module://matplotlib_inline.backend_inline',
-            'OMP_NUM_THREADS': n, 'MKL_NUM_THREADS': n, 'OPENBLAS_NUM_THREADS': n}
+    return {**os.environ, **quiet_env(), **thread_env(threads), 'CONVLAB_SEED': str(seed), 'CONVLAB_QUICK': '1' if quick else '0',
+            'CONVLAB_RESULTS': str(results), 'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
 
 # %% ../nbs/06a_run.ipynb #c1d6890f
 def cell_timeout(
@@ -114,13 +112,15 @@ def wait_for_workers(
                    f'(convlab installed where they run), or leave out --scheduler to run on a local cluster') from cause
 
 def local_cluster(
-    n_workers:int, # single-threaded worker processes
+    n_workers:int, # worker processes, each running one task at a time
     dashboard:bool=False, # serve Dask's dashboard (on 127.0.0.1 only)?
+    threads:int=1, # torch's CPU threads in each worker process (`thread_env`)
     **kwargs, # passed on to `LocalCluster`
 )->LocalCluster:
-    "A `LocalCluster` of single-threaded processes that listens on 127.0.0.1 only, its workers keeping freed memory"
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address='127.0.0.1:0',
-                        scheduler_kwargs=dict(dashboard=dashboard), silence_logs=logging.ERROR, env=quiet_env(), **kwargs)
+    "A `LocalCluster` of one-task processes on 127.0.0.1 only, each started with `quiet_env()` and `thread_env(threads)`"
+    with modified_env(**quiet_env(), **thread_env(threads)):  # what the worker processes start with; ours comes back after
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address='127.0.0.1:0',
+                            scheduler_kwargs=dict(dashboard=dashboard), silence_logs=logging.ERROR, **kwargs)
 
 @contextmanager
 def dask_client(

@@ -75,7 +75,7 @@ def fastbook13_report(cluster, tmp_path_factory)->tuple:
 @pytest.fixture(scope='session')
 def chapters_report(cluster, tmp_path_factory)->tuple:
     "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
-    from convlab.judge import CHAPTERS, root
+    from convlab.core import CHAPTERS, root
     out = tmp_path_factory.mktemp('chapters')/'report'
     nbs = [str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13']
     res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--scheduler', cluster, '--notebook', *nbs],

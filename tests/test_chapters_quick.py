@@ -2,7 +2,8 @@
 judged rows passes, each without any ran and says it had nothing to compare, and no task failed"""
 import re
 import fastcore.test as fct
-from convlab.judge import CHAPTERS, book_results
+from convlab.core import CHAPTERS
+from convlab.judge import book_results
 
 def judged_rule(r:dict)->bool:
     "Is a book row judged in quick mode (one seed or more)?"

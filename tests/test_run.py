@@ -1,5 +1,5 @@
-"Running the tasks: a cluster every worker leaves ends the run, nothing listens beyond this machine, --resume reruns what no longer matches"
-import json, re, shutil, subprocess, sys, threading, time
+"Running the tasks: a cluster every worker leaves ends the run, nothing listens beyond this machine, workers start with the environment asked for, --resume reruns what no longer matches"
+import json, os, re, shutil, subprocess, sys, threading, time
 from pathlib import Path
 import nbformat, psutil, pytest
 import fastcore.test as fct
@@ -76,3 +76,19 @@ def test_resume_with_every_task_taken_starts_no_cluster(tmp_path, monkeypatch):
     md = (tmp_path/'out'/'REPORT.md').read_text()
     assert 'none ran' in md and '1 task taken from' in md, md
     assert 'ran on a local Dask cluster' not in md, md
+
+def test_local_cluster_workers_start_with_thread_and_allocator_env(monkeypatch):
+    "A worker process of `local_cluster(threads=2)` starts with torch on 2 threads; with CONVLAB_KEEP_FREED_MEMORY=0, without MALLOC_ENV"
+    from convlab.core import MALLOC_ENV
+    def started():
+        import torch
+        env = dict(kv.split('=', 1) for kv in open('/proc/self/environ').read().split('\0') if '=' in kv)  # as the process started
+        return torch.get_num_threads(), {k: env.get(k) for k in ('MALLOC_MMAP_THRESHOLD_', 'OMP_NUM_THREADS')}, os.environ.get('CONVLAB_KEEP_FREED_MEMORY')
+    monkeypatch.delenv('MALLOC_MMAP_THRESHOLD_', raising=False)
+    monkeypatch.setenv('CONVLAB_KEEP_FREED_MEMORY', '0')
+    before = dict(os.environ)
+    with cr.local_cluster(1, threads=2) as cluster, Client(cluster) as client:
+        fct.test_eq(list(client.run(started).values()), [(2, {'MALLOC_MMAP_THRESHOLD_': None, 'OMP_NUM_THREADS': '2'}, '0')])
+    fct.test_eq(dict(os.environ), before)  # this process's environment is put back
+    monkeypatch.delenv('CONVLAB_KEEP_FREED_MEMORY')
+    fct.test_eq(cr.quiet_env()['MALLOC_MMAP_THRESHOLD_'], MALLOC_ENV['MALLOC_MMAP_THRESHOLD_'])  # and on by default

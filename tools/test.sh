@@ -14,8 +14,9 @@ before=$(state); nbdev-clean
 [ "$(state)" = "$before" ] || { echo "nbdev-clean changed files: run it and commit"; git status --short; exit 1; }
 nbdev-export
 [ "$(state)" = "$before" ] || { echo "nbdev-export changed files: the library is not in sync with nbs/"; git status --short; exit 1; }
+# nbconvert, not nbdev-readme: nbdev 3's README command needs Quarto (`quarto render`, a separate ~100 MB install) and an nbs/nbdev.yml
 jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . --output README
 [ "$(state)" = "$before" ] || { echo "README.md is not in sync with nbs/index.ipynb"; git status --short; exit 1; }
 
 nbdev-test --timing --n-workers "${CONVLAB_TEST_WORKERS:-2}"
-pytest -q -p no:cacheprovider tests
+pytest -q -p no:cacheprovider --durations=15 tests  # --durations: the slowest tests, to see where the time goes
