@@ -22,6 +22,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from traitlets.config import Config
 from fastcore.basics import num_cpus, uniqueify
 from fastcore.xtras import modified_env
+import dask
 from distributed import Client, LocalCluster, get_worker, wait as wait_futures
 import convlab
 from .core import read_results, write_json, MALLOC_ENV, CHAPTERS, root, thread_env, keep_freed_memory_wanted
@@ -118,7 +119,9 @@ def local_cluster(
     **kwargs, # passed on to `LocalCluster`
 )->LocalCluster:
     "A `LocalCluster` of one-task processes on 127.0.0.1 only, each started with `quiet_env()` and `thread_env(threads)`"
-    with modified_env(**quiet_env(), **thread_env(threads)):  # what the worker processes start with; ours comes back after
+    env = {**quiet_env(), **thread_env(threads)}  # what each worker process starts with, a restarted one too:
+    spawn = {**dask.config.get('distributed.nanny.pre-spawn-environ'), **env}  # Dask's nannies keep this and set it before every spawn
+    with modified_env(**env), dask.config.set({'distributed.nanny.pre-spawn-environ': spawn}):  # our own environment comes back after
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address='127.0.0.1:0',
                             scheduler_kwargs=dict(dashboard=dashboard), silence_logs=logging.ERROR, **kwargs)
 

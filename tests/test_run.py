@@ -92,3 +92,19 @@ def test_local_cluster_workers_start_with_thread_and_allocator_env(monkeypatch):
     fct.test_eq(dict(os.environ), before)  # this process's environment is put back
     monkeypatch.delenv('CONVLAB_KEEP_FREED_MEMORY')
     fct.test_eq(cr.quiet_env()['MALLOC_MMAP_THRESHOLD_'], MALLOC_ENV['MALLOC_MMAP_THRESHOLD_'])  # and on by default
+
+def test_restarted_worker_starts_with_allocator_env(monkeypatch):
+    "A worker of `local_cluster` that its nanny restarts (after a crash, or `client.restart`) starts with `MALLOC_ENV` too"
+    from convlab.core import MALLOC_ENV
+    def started():
+        env = dict(kv.split('=', 1) for kv in open('/proc/self/environ').read().split('\0') if '=' in kv)  # as the process started
+        return os.getpid(), {k: env.get(k) for k in MALLOC_ENV}
+    monkeypatch.delenv('CONVLAB_KEEP_FREED_MEMORY', raising=False)
+    for k in MALLOC_ENV: monkeypatch.delenv(k, raising=False)
+    with cr.local_cluster(1) as cluster, Client(cluster) as client:
+        [(pid, env)] = client.run(started).values()
+        fct.test_eq(env, MALLOC_ENV)
+        client.restart()
+        [(pid2, env2)] = client.run(started).values()
+        fct.test_ne(pid2, pid)  # a new process
+        fct.test_eq(env2, MALLOC_ENV)
