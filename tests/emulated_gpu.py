@@ -150,9 +150,9 @@ def _exact_same(func, args, kwargs):
                                    f'from other tensors on {_dev(common)} (when checking argument in method {_method(func)})'))
 
 def _type(t)->str:
-    "A tensor's type as ATen's `toString` writes it in messages: `CUDAFloatType`, `CPULongType`"
-    scalar = torch.Tensor.type(t).split('.')[-1][:-len('Tensor')]  # the real torch's legacy name: torch.FloatTensor...
-    return f"{'CUDA' if device_of(t) == 'cuda' else 'CPU'}{scalar}Type"
+    "A tensor's type as CUDA's messages name it (torch 2.11 on an H200): `torch.cuda.FloatTensor`, `torch.LongTensor`"
+    name = torch.Tensor.type(t)  # the real torch's legacy name of the CPU tensor: torch.FloatTensor...
+    return name.replace('torch.', 'torch.cuda.', 1) if device_of(t) == 'cuda' else name
 
 def _conv_types(func, args, kwargs):
     "`_convolution` on a GPU input (cuDNN): input, weight and bias of one type, device included; on a CPU input, its kernels' checks"
@@ -233,7 +233,9 @@ def _array(t, *args, **kwargs): return torch.Tensor.__array__(_host(t), *args, *
 
 def _set_grad(t, g):
     if g is not None and (device_of(t) == 'cuda') != (device_of(g) == 'cuda'):
-        _fail(RuntimeError('assigned grad has data of a different type (emulated GPU)'))
+        have, want = (('cuda' if device_of(x) == 'cuda' else 'cpu') for x in (g, t))
+        _fail(RuntimeError(f"attempting to assign a gradient with device type '{have}' to a tensor with device type '{want}'. "
+                           'Please ensure that the gradient and the tensor are on the same device'))
     torch._C.TensorBase.grad.__set__(t, g)
 
 # Pinned memory: a mark on the storage, as pinning is the storage's
@@ -262,7 +264,7 @@ _METHODS = {_B.to: _to, _B.cuda: lambda t, device=None, non_blocking=False, **kw
 
 class _CudaGenerator(torch._C.Generator):
     "What `torch.Generator(device='cuda')` gives while emulated: a CPU generator that says it is on the GPU"
-    device = property(lambda self: GPU)
+    device = property(lambda self: torch.device('cuda'))  # no index, as CUDA's own generator says
 
 class _GeneratorType(type):
     "`torch.Generator` while emulated: makes `_CudaGenerator`s for the GPU, and counts every generator as one"

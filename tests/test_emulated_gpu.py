@@ -9,7 +9,7 @@ from emulated_gpu import NAME, emulated, device_of
 
 MIXUP = 'Expected all tensors to be on the same device'
 NUMPY = "can't convert cuda:0 device type tensor to numpy"
-CONV = r'Input type \(CUDAFloatType\) and weight type \(CPUFloatType\) should be the same'  # cuDNN's check, in `_convolution`
+CONV = r'Input type \(torch\.cuda\.FloatTensor\) and weight type \(torch\.FloatTensor\) should be the same'  # cuDNN's check, in `_convolution`
 
 @pytest.fixture
 def log(tmp_path):
@@ -162,11 +162,11 @@ GEN = "Expected a '{}' device type for generator but found '{}'"
 # each mix-up (given a scratch folder), the exception CUDA raises and a pattern of its message (`test_gpu.py` checks them on CUDA).
 # A CPU input into a GPU model: CUDA's CPU convolution raises one of two messages, as the kernel it picks (MKLDNN or not) does.
 MIXUPS = [(_cpu_model_gpu_batch, RuntimeError, CONV),
-          (_gpu_model_cpu_batch, RuntimeError, rf'{MIXUP}|Input type \(CPUFloatType\) and weight type \(CUDAFloatType\) should be the same'),
+          (_gpu_model_cpu_batch, RuntimeError, rf'{MIXUP}|Input type \(torch\.FloatTensor\) and weight type \(torch\.cuda\.FloatTensor\) should be the same'),
           (_conv_cpu_kernel, RuntimeError, CONV),
           (_loss_cpu_targets, RuntimeError, MIXUP), (_loss_cpu_class_weights, RuntimeError, MIXUP), (_cat, RuntimeError, MIXUP),
           (_from_numpy, RuntimeError, MIXUP), (_gpu_index_cpu_tensor, RuntimeError, f'{MIXUP}|indices should be either on cpu'),
-          (_grad_on_other_device, RuntimeError, 'assigned grad has data of a different type'),
+          (_grad_on_other_device, RuntimeError, "attempting to assign a gradient with device type 'cpu' to a tensor with device type 'cuda'"),
           (_second_gpu, RuntimeError, 'invalid device ordinal'), (_checkpoint_on_cpu_model, RuntimeError, MIXUP),
           (_numpy, TypeError, NUMPY), (_asarray, TypeError, NUMPY), (_imshow, TypeError, NUMPY),
           (_stack_cpu_scalar, RuntimeError, f'{MIXUP}, but got tensors is on cpu'),
@@ -176,7 +176,7 @@ MIXUPS = [(_cpu_model_gpu_batch, RuntimeError, CONV),
                                             r'\(when checking argument in method wrapper_CUDA_clamp_Tensor\)'),
           (_embedding_cpu_scalar, RuntimeError, f'{MIXUP}, but got ind'),
           (_cuda_op_cpu_generator, RuntimeError, GEN.format('cuda', 'cpu')), (_cpu_op_cuda_generator, RuntimeError, GEN.format('cpu', 'cuda')),
-          (_pin_gpu_tensor, RuntimeError, "cannot pin 'CUDAFloatType' only dense CPU tensors can be pinned")]
+          (_pin_gpu_tensor, RuntimeError, r"cannot pin 'torch\.cuda\.FloatTensor' only dense CPU tensors can be pinned")]
 
 @pytest.mark.parametrize('mixup,exc,msg', MIXUPS, ids=[m[0].__name__[1:] for m in MIXUPS])
 def test_mixup_raises_as_on_cuda(mixup, exc, msg, log, tmp_path):
@@ -192,7 +192,7 @@ def _cpu_scalars_in_elementwise_ops():
     fct.test_eq({o.device.type for o in outs}, {'cuda'})
 def _cuda_generator():
     g = torch.Generator(device='cuda')
-    fct.test_eq((g.device, isinstance(g, torch.Generator)), (torch.device('cuda', 0), True))
+    fct.test_eq((g.device, isinstance(g, torch.Generator)), (torch.device('cuda'), True))
     a, b = (torch.randn(3, device='cuda', generator=g.manual_seed(0)) for _ in range(2))
     fct.test_eq((a.device.type, a.tolist()), ('cuda', b.tolist()))
 def _pinned_copy():
