@@ -263,7 +263,9 @@ def run_tasks(
     if done: print(f"{plural(len(done), 'task')} taken from {keep} (finished before, same code and environment): "
                    + ', '.join(f"{r['name']} seed {r['seed']}" for r in done), flush=True)
     threads, slots, start, out = kernel_threads(client), sum(client.nthreads().values()), time.time(), []
-    futs = {client.submit(run_task, s, threads, key=f"{s['name']}-seed{s['seed']}-{uuid.uuid4().hex[:8]}"): s for s in todo}
+    # every key starts 'convlab-': one task prefix, so Dask learns from the first task to finish how long its tasks take and
+    # hands a waiting task to a worker that falls idle (with keys named by notebook, one worker once got four tasks, the other one)
+    futs = {client.submit(run_task, s, threads, key=f"convlab-{s['name']}-seed{s['seed']}-{uuid.uuid4().hex[:8]}"): s for s in todo}
     for i, (f, gave_up) in enumerate(as_finished(client, list(futs), wait), 1):
         try:
             if gave_up: raise gave_up

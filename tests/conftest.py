@@ -64,20 +64,35 @@ def cluster(tmp_path_factory)->str:
     "The scheduler address of a Dask cluster of separate processes (a scheduler, two single-thread workers) shared by the session"
     with dask_cluster(tmp_path_factory.mktemp('dask')) as addr: yield addr
 
-@pytest.fixture(scope='session')
-def fastbook13_report(cluster, tmp_path_factory)->tuple:
-    "(report folder, finished process) of one quick `convlab reproduce` of fastbook13 with 2 seeds on `cluster`, shared by the session"
-    out = tmp_path_factory.mktemp('fastbook13')/'report'
-    res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--seeds', '2', '--only', 'fastbook13',
-                          '--scheduler', cluster], capture_output=True, text=True)
-    return out, res
+def _reproduce(out:Path, *args)->subprocess.Popen:
+    "A quick `convlab reproduce` writing its report to `out`, started now"
+    return subprocess.Popen([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 @pytest.fixture(scope='session')
-def chapters_report(cluster, tmp_path_factory)->tuple:
-    "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
+def _reports(request, cluster, tmp_path_factory)->dict:
+    """fixture name -> (report folder, started process) of the quick `convlab reproduce` runs this session's tests read, all started at
+    once on `cluster`: its workers take the next task of either run as soon as they are free"""
     from convlab.core import CHAPTERS, root
-    out = tmp_path_factory.mktemp('chapters')/'report'
+    wanted = {f for i in request.session.items for f in getattr(i, 'fixturenames', ())}
     nbs = [str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13']
-    res = subprocess.run([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), '--scheduler', cluster, '--notebook', *nbs],
-                         capture_output=True, text=True)
-    return out, res
+    args = dict(fastbook13_report=['--seeds', '2', '--only', 'fastbook13'], chapters_report=['--notebook', *nbs])
+    runs = {n: tmp_path_factory.mktemp(n)/'report' for n in args if n in wanted}
+    runs = {n: (out, _reproduce(out, '--scheduler', cluster, *args[n])) for n, out in runs.items()}
+    yield runs
+    for _, p in runs.values(): p.kill(); p.wait()  # a session stopped early leaves no run behind
+
+def _finished(run:tuple)->tuple: # (report folder, finished process)
+    out, p = run
+    stdout, stderr = p.communicate()
+    return out, subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+@pytest.fixture(scope='session')
+def fastbook13_report(_reports)->tuple:
+    "(report folder, finished process) of one quick `convlab reproduce` of fastbook13 with 2 seeds on `cluster`, shared by the session"
+    return _finished(_reports['fastbook13_report'])
+
+@pytest.fixture(scope='session')
+def chapters_report(_reports)->tuple:
+    "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
+    return _finished(_reports['chapters_report'])
