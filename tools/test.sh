@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONVLAB_QUICK="${CONVLAB_QUICK:-1}"
 [ -d .venv ] || python3 -m venv .venv
-.venv/bin/pip install -q --no-compile -e ".[dev]"  # --no-compile: Python compiles what it imports, when it first does
+.venv/bin/pip install -q -e ".[dev]"
 export PATH="$PWD/.venv/bin:$PATH"
 
 state() { { git diff; git status --porcelain; } | sha1sum; }
