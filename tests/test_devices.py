@@ -79,8 +79,8 @@ def describe(fn:Path, res:dict)->str:
     out += [f"{Path(fn).name}, cell {e['cell']} ({e['line']!r}): {e['error']}" for e in res['errors'] if (e['cell'], e['error']) not in seen]
     return '\n'.join(out)
 
-# Emulated, a notebook runs several times slower than plain (nb10 in quick mode on 2 cores: 430 CPU s against 75);
-# nb11 and nb20 together took 204 s wall here once nb20's trainings ran one after another. CI runs every notebook.
+# Emulated, a notebook takes about 1.4 times its plain CPU time (nb10 in quick mode, one thread, on a 2-core AVX-512 CPU:
+# 59 CPU s against 41); nb20 is the longest (105 s here), as on the emulated GPU it also trains its 100-block ResNet.
 
 @pytest.fixture(scope='module')
 def emulated_runs(request, tmp_path_factory)->dict:
