@@ -96,3 +96,11 @@ def fastbook13_report(_reports)->tuple:
 def chapters_report(_reports)->tuple:
     "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
     return _finished(_reports['chapters_report'])
+
+SHARED = {'fastbook13_report', 'chapters_report', 'emulated_runs'}  # built once by the session for several tests
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(items):
+    "Mark `shared` the tests that read what the session builds once: the quick `convlab reproduce` reports, the notebooks on the emulated GPU"
+    for item in items:
+        if SHARED & set(getattr(item, 'fixturenames', ())): item.add_marker(pytest.mark.shared)

@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONVLAB_QUICK="${CONVLAB_QUICK:-1}"
 [ -d .venv ] || python3 -m venv .venv
-.venv/bin/pip install -q -e ".[dev]"
+# uv installs torch's CUDA build (about 7 GB in the venv) in a third of pip's time: it fetches in parallel and compiles the
+# bytecode on every core. It does not read pip's configuration; where it cannot install, pip does.
+.venv/bin/pip install -q uv && .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode -e ".[dev]" \
+  || { echo "uv could not install: pip installs instead"; .venv/bin/pip install -q -e ".[dev]"; }
 export PATH="$PWD/.venv/bin:$PATH"
 
 state() { { git diff; git status --porcelain; } | sha1sum; }
@@ -21,5 +24,19 @@ jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . 
 # The chapter notebooks (10_…, 20_…) are executed top to bottom by pytest instead: in quick mode on this machine's device
 # by tests/test_chapters_quick.py (through `convlab reproduce`, which also judges them) and on the emulated GPU by
 # tests/test_devices.py; nbdev-test would run each a third time. `nbdev-test` alone still tests every notebook.
-nbdev-test --timing --n-workers "${CONVLAB_TEST_WORKERS:-2}" --skip-file-re '^[1-9][0-9]_'
-pytest -q -p no:cacheprovider --durations=15 tests  # --durations: the slowest tests, to see where the time goes
+#
+# Two lanes side by side. The notebooks (nbdev-test's, then the pytest tests marked `shared`, which read the quick
+# reports and emulated-GPU runs the session builds once: tests/conftest.py) keep both cores busy, two at a time, and go
+# at lower priority; the other tests mostly wait on the processes they start, and some time them, so they go at normal
+# priority and the notebooks take the cores they leave. Each lane's pytest ends with its slowest tests (--durations).
+notebooks=$(mktemp); trap 'rm -f "$notebooks"' EXIT
+nice -n 10 bash -c 'set -e
+  nbdev-test --timing --n-workers "${CONVLAB_TEST_WORKERS:-2}" --skip-file-re "^[1-9][0-9]_"
+  pytest -q -p no:cacheprovider -m shared --durations=10 tests' > "$notebooks" 2>&1 &
+lane=$!
+echo "== pytest: the tests that are not marked shared (nbdev-test and the shared ones run beside them; their output follows)"
+others=0; pytest -q -p no:cacheprovider -m "not shared" --durations=15 tests || others=$?
+shared=0; wait $lane || shared=$?
+echo "== nbdev-test of the library notebooks, then pytest -m shared"
+cat "$notebooks"
+[ $others -eq 0 ] && [ $shared -eq 0 ] || { echo "failed: pytest -m 'not shared' exit $others; nbdev-test/pytest -m shared exit $shared"; exit 1; }
