@@ -9,9 +9,12 @@ export CONVLAB_QUICK="${CONVLAB_QUICK:-1}"
 # process needs (one 11-minute run used 993 CPU s with this set, against about 1,130 without)
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 [ -d .venv ] || python3 -m venv .venv
-# uv installs torch's CUDA build (about 7 GB in the venv) in a third of pip's time: it fetches in parallel and compiles the
-# bytecode on every core. It does not read pip's configuration; where it cannot install, pip does.
-.venv/bin/pip install -q uv && .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode -e ".[dev]" \
+# uv installs torch's CUDA build (about 7 GB in the venv) in a fraction of pip's time: it fetches in parallel and compiles
+# no bytecode, so each module is compiled when a process first imports it and cached for the next ones (a machine that sets
+# PYTHONDONTWRITEBYTECODE would have every process compile torch afresh: unset here). uv does not read pip's
+# configuration; where it cannot install, pip does.
+unset PYTHONDONTWRITEBYTECODE
+.venv/bin/pip install -q uv && .venv/bin/uv pip install -q --python .venv/bin/python -e ".[dev]" \
   || { echo "uv could not install: pip installs instead"; .venv/bin/pip install -q -e ".[dev]"; }
 export PATH="$PWD/.venv/bin:$PATH"
 
@@ -32,14 +35,17 @@ jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . 
 # reports and emulated-GPU runs the session builds once: tests/conftest.py) keep both cores busy, two at a time, and go
 # at lower priority; the other tests mostly wait on the processes they start, and some time them, so they go at normal
 # priority and the notebooks take the cores they leave. Each lane's pytest ends with its slowest tests (--durations).
-notebooks=$(mktemp); trap 'rm -f "$notebooks"' EXIT
+notebooks=$(mktemp); lane=
+# job control gives the lane a process group of its own: stopping this script (Ctrl-C, a failure, the end) stops all of it
+trap '[ -z "$lane" ] || kill -TERM -- -$lane 2>/dev/null; rm -f "$notebooks"' EXIT; trap 'exit 130' INT TERM
+set -m
 nice -n 10 bash -c 'set -e
   nbdev-test --timing --n-workers "${CONVLAB_TEST_WORKERS:-2}" --skip-file-re "^[1-9][0-9]_"
   pytest -q -p no:cacheprovider -m shared --durations=10 tests' > "$notebooks" 2>&1 &
-lane=$!
+lane=$!; set +m
 echo "== pytest: the tests that are not marked shared (nbdev-test and the shared ones run beside them; their output follows)"
 others=0; pytest -q -p no:cacheprovider -m "not shared" --durations=15 tests || others=$?
-shared=0; wait $lane || shared=$?
+shared=0; wait $lane || shared=$?; lane=
 echo "== nbdev-test of the library notebooks, then pytest -m shared"
 cat "$notebooks"
 [ $others -eq 0 ] && [ $shared -eq 0 ] || { echo "failed: pytest -m 'not shared' exit $others; nbdev-test/pytest -m shared exit $shared"; exit 1; }
