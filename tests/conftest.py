@@ -1,9 +1,12 @@
 import os, socket, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 import pytest
 from distributed import Client
+from fastcore.basics import num_cpus
 from fastai.data.external import fastai_cfg, fastai_path
+from convlab.core import CHAPTERS, root
 from convlab.data import MNIST_WHEEL, CIFAR_ARCHIVE, mnist_wheel
 
 @pytest.fixture(scope='session')
@@ -69,16 +72,17 @@ def _reproduce(out:Path, *args)->subprocess.Popen:
     return subprocess.Popen([str(BIN/'convlab'), 'reproduce', '--quick', '--out', str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+REPORTS = dict(  # fixture name -> the arguments of its quick `convlab reproduce`, built once for the session's tests
+    fastbook13_report=['--seeds', '2', '--only', 'fastbook13'],
+    chapters_report=['--notebook', *(str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13')])
+
 @pytest.fixture(scope='session')
 def _reports(request, cluster, tmp_path_factory)->dict:
-    """fixture name -> (report folder, started process) of the quick `convlab reproduce` runs this session's tests read, all started at
-    once on `cluster`: its workers take the next task of either run as soon as they are free"""
-    from convlab.core import CHAPTERS, root
+    """fixture name -> (report folder, started process) of the `REPORTS` this session's tests read, all started at once on
+    `cluster`: its workers take the next task of either run as soon as they are free"""
     wanted = {f for i in request.session.items for f in getattr(i, 'fixturenames', ())}
-    nbs = [str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13']
-    args = dict(fastbook13_report=['--seeds', '2', '--only', 'fastbook13'], chapters_report=['--notebook', *nbs])
-    runs = {n: tmp_path_factory.mktemp(n)/'report' for n in args if n in wanted}
-    runs = {n: (out, _reproduce(out, '--scheduler', cluster, *args[n])) for n, out in runs.items()}
+    runs = {n: tmp_path_factory.mktemp(n)/'report' for n in REPORTS if n in wanted}
+    runs = {n: (out, _reproduce(out, '--scheduler', cluster, *REPORTS[n])) for n, out in runs.items()}
     yield runs
     for _, p in runs.values(): p.kill(); p.wait()  # a session stopped early leaves no run behind
 
@@ -97,7 +101,31 @@ def chapters_report(_reports)->tuple:
     "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
     return _finished(_reports['chapters_report'])
 
-SHARED = {'fastbook13_report', 'chapters_report', 'emulated_runs'}  # built once by the session for several tests
+@pytest.fixture(scope='session')
+def emulated_runs(request, tmp_path_factory)->dict:
+    """notebook -> the future of its `run_notebook` (test_devices.py), for every notebook this session's tests ask for, all
+    started at once and run `WORKERS` at a time, the largest (the chapters, whose outputs come from training) first"""
+    from test_devices import WORKERS, run_notebook
+    if not os.environ.get('CONVLAB_DATA_MIRROR'): pytest.skip('CONVLAB_DATA_MIRROR is not set: the notebooks need their data')
+    wanted = {i.callspec.params['fn'] for i in request.session.items if getattr(i, 'originalname', '') == 'test_notebook_on_emulated_gpu'}
+    logs, threads = tmp_path_factory.mktemp('emulated'), max(1, num_cpus() // WORKERS) if WORKERS > 1 else None
+    with ThreadPoolExecutor(WORKERS) as ex:
+        runs = {fn: ex.submit(run_notebook, fn, logs/f'{fn.stem}.jsonl', threads=threads)
+                for fn in sorted(wanted, key=lambda p: -p.stat().st_size)}
+        yield runs
+        for f in runs.values(): f.cancel()  # those not started yet, when the session stops early
+
+SHARED = {*REPORTS, 'emulated_runs'}  # built once by the session for several tests
+
+@pytest.fixture(scope='session', autouse=True)
+def _shared_started(request):
+    """Start all that the session builds for its tests before the first test: the quick reports and the emulated-GPU runs go
+    side by side, each taking the cores the other leaves, rather than one after the other as the tests ask for them"""
+    wanted = {f for i in request.session.items for f in getattr(i, 'fixturenames', ())}
+    for name in ('_reports', 'emulated_runs'):
+        if name not in wanted: continue
+        try: request.getfixturevalue(name)
+        except (Exception, pytest.skip.Exception): pass  # pytest keeps it: it shows in the tests that ask for `name`, not in all
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects
 def pytest_collection_modifyitems(items):

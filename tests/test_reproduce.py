@@ -5,6 +5,7 @@ import nbformat, pytest
 import fastcore.test as fct
 from convlab.core import read_results
 from convlab.judge import book_results
+from test_dask import alive, wait_for
 
 CONVLAB = str(Path(sys.executable).parent/'convlab')
 NOISE = ['without encryption', 'torch.jit.script', '█']  # the kernels' TCP warning, torch's deprecation warning, a progress bar
@@ -13,7 +14,7 @@ def write_nb(fn, *sources):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), fn)
     return fn
 
-def test_broken_notebook_fails_alone(tmp_path):
+def test_broken_notebook_fails_alone(tmp_path, cluster):
     ok = write_nb(tmp_path/'90_fixok_demo.ipynb', "from convlab.core import record\nrecord('fixok', 'exp', 'acc', 0.95)")
     broken = write_nb(tmp_path/'91_fixbroken_demo.ipynb', "from convlab.core import record\nrecord('fixbroken', 'first', 'acc', 0.9)",
                       "raise RuntimeError('deliberately broken')", "record('fixbroken', 'second', 'acc', 0.9)")
@@ -24,7 +25,7 @@ def test_broken_notebook_fails_alone(tmp_path):
         dict(chapter='fixbroken', experiment='second', metric='acc', book=0.9, min=0.89)]}))
     out = tmp_path/'out'
     res = subprocess.run([CONVLAB, 'reproduce', '--quick', '--out', str(out), '--book', str(book),
-                          '--notebook', str(broken), '--notebook', str(ok)], capture_output=True, text=True)
+                          '--notebook', str(broken), '--notebook', str(ok), '--scheduler', cluster], capture_output=True, text=True)
     fct.test_eq(res.returncode, 1)
     rows = {(r['chapter'], r['experiment']): r['value'] for r in read_results(out/'results.json')}
     fct.test_eq(rows, {('fixbroken', 'first'): 0.9, ('fixok', 'exp'): 0.95})  # the other notebook's task still ran
@@ -39,13 +40,16 @@ def test_broken_notebook_fails_alone(tmp_path):
     fct.test_eq([n for n in NOISE if n in res.stdout + res.stderr], [])  # progress lines and the verdict only
     fct.test_eq(re.findall(r'^\[\d/2\] \S+ seed 0', res.stdout, re.M) != [] and res.stdout.rstrip().splitlines()[-1].startswith('FAIL: '), True)
 
-def test_cell_that_never_returns(tmp_path):
+def test_cell_that_never_returns(tmp_path, cluster):
+    pid = tmp_path/'kernel.pid'
     nb = write_nb(tmp_path/'90_fixhang_demo.ipynb', "import json, os\nrow = dict(chapter='fixhang', experiment='before', metric='acc', value=0.9, seed=0)\n"
-                  "open(os.environ['CONVLAB_RESULTS'], 'w').write(json.dumps([row]))", "import time; time.sleep(1000)")  # no imports: the first cell takes no time
+                  f"open(os.environ['CONVLAB_RESULTS'], 'w').write(json.dumps([row])); open({str(pid)!r}, 'w').write(str(os.getpid()))",
+                  "import time; time.sleep(1000)")  # no imports: the first cell takes no time
     start = time.time()
-    res = subprocess.run([CONVLAB, 'reproduce', '--quick', '--out', str(tmp_path/'out'), '--notebook', str(nb), '--cell-timeout', '5'],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([CONVLAB, 'reproduce', '--quick', '--out', str(tmp_path/'out'), '--notebook', str(nb), '--cell-timeout', '5',
+                          '--scheduler', cluster], capture_output=True, text=True, timeout=300)
     fct.test_eq((res.returncode, time.time() - start < 120), (1, True))
+    wait_for(lambda: not alive(int(pid.read_text())), 30, 'the kernel outlived its time limit')  # nothing left on the shared cluster
     md = (tmp_path/'out'/'REPORT.md').read_text()
     assert 'seed 0: FAILED at cell 1: TimeoutError: cell 1 did not finish within 5 s; if it needs longer, raise the limit with `convlab reproduce --cell-timeout SECONDS`' in md, md
     assert re.search(r'^\[1/1\] 90_fixhang_demo seed 0: FAILED: TimeoutError: cell 1 did not finish within 5 s', res.stdout, re.M), res.stdout

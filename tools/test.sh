@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONVLAB_QUICK="${CONVLAB_QUICK:-1}"
 # More processes than cores run at once below: an OpenMP thread that waits should sleep rather than spin on a core another
-# process needs (the command after its install, one run each on a 2-core CPU: 993 CPU s with this set, about 1,130 without)
+# process needs (the whole command from a fresh clone, one run each on a 2-core CPU: 1,103 CPU s with this set, 1,227 without)
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 [ -d .venv ] || python3 -m venv .venv
 # uv installs torch's CUDA build (about 7 GB in the venv) in a fraction of pip's time: it fetches in parallel and compiles
