@@ -17,6 +17,8 @@ unset PYTHONDONTWRITEBYTECODE
 .venv/bin/pip install -q uv && .venv/bin/uv pip install -q --python .venv/bin/python -e ".[dev]" \
   || { echo "uv could not install: pip installs instead"; .venv/bin/pip install -q -e ".[dev]"; }
 export PATH="$PWD/.venv/bin:$PATH"
+# what it runs on, for comparing times: they differ by 2x or more between machines (the README's test paragraph)
+python -c "import os, torch; print('== on', os.cpu_count(), 'cores, torch', torch.__version__, 'with', torch.backends.cpu.get_cpu_capability())"
 
 state() { { git diff; git status --porcelain; } | sha1sum; }
 before=$(state); nbdev-clean
@@ -32,9 +34,11 @@ jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . 
 # tests/test_devices.py; nbdev-test would run each a third time. `nbdev-test` alone still tests every notebook.
 #
 # Two lanes side by side. The notebooks (nbdev-test's, then the pytest tests marked `shared`, which read the quick
-# reports and emulated-GPU runs the session builds once: tests/conftest.py) keep both cores busy, two at a time, and go
-# at lower priority; the other tests mostly wait on the processes they start, and some time them, so they go at normal
-# priority and the notebooks take the cores they leave. Each lane's pytest ends with its slowest tests (--durations).
+# reports and emulated-GPU runs the session builds once, all started together: tests/conftest.py) keep both cores busy
+# and go at lower priority; the other tests mostly wait on the processes they start, and some time them, so they go at
+# normal priority. Jupyter starts each kernel in a session of its own, which Linux's autogroup scheduling gives a share of
+# the CPU of its own whatever its nice, so the notebooks' kernels take about as much as the rest. Each lane's pytest ends
+# with its slowest tests (--durations).
 notebooks=$(mktemp); lane=
 # job control gives the lane a process group of its own: stopping this script (Ctrl-C, a failure, the end) stops all of it
 trap '[ -z "$lane" ] || kill -TERM -- -$lane 2>/dev/null; rm -f "$notebooks"' EXIT; trap 'exit 130' INT TERM
