@@ -1,10 +1,8 @@
 import os, socket, subprocess, sys
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 import pytest
 from distributed import Client
-from fastcore.basics import num_cpus
 from fastai.data.external import fastai_cfg, fastai_path
 from convlab.core import CHAPTERS, root
 from convlab.data import MNIST_WHEEL, CIFAR_ARCHIVE, mnist_wheel
@@ -102,31 +100,7 @@ def chapters_report(_reports)->tuple:
     "(report folder, finished process) of one quick `convlab reproduce` (seed 0) on `cluster` of every chapter but fastbook13, which `fastbook13_report` runs"
     return _finished(_reports['chapters_report'])
 
-@pytest.fixture(scope='session')
-def emulated_runs(request, tmp_path_factory)->dict:
-    """notebook -> the future of its `run_notebook` (test_devices.py), for every notebook this session's tests ask for, all
-    started at once and run `WORKERS` at a time, the largest (the chapters, whose outputs come from training) first"""
-    from test_devices import WORKERS, run_notebook
-    if not os.environ.get('CONVLAB_DATA_MIRROR'): pytest.skip('CONVLAB_DATA_MIRROR is not set: the notebooks need their data')
-    wanted = {i.callspec.params['fn'] for i in request.session.items if getattr(i, 'originalname', '') == 'test_notebook_on_emulated_gpu'}
-    logs, threads = tmp_path_factory.mktemp('emulated'), max(1, num_cpus() // WORKERS) if WORKERS > 1 else None
-    with ThreadPoolExecutor(WORKERS) as ex:
-        runs = {fn: ex.submit(run_notebook, fn, logs/f'{fn.stem}.jsonl', threads=threads)
-                for fn in sorted(wanted, key=lambda p: -p.stat().st_size)}
-        yield runs
-        for f in runs.values(): f.cancel()  # those not started yet, when the session stops early
-
 SHARED = {*REPORTS, 'emulated_runs'}  # built once by the session for several tests
-
-@pytest.fixture(scope='session', autouse=True)
-def _shared_started(request):
-    """Start all that the session builds for its tests before the first test: the quick reports and the emulated-GPU runs go
-    side by side, each taking the cores the other leaves, rather than one after the other as the tests ask for them"""
-    wanted = {f for i in request.session.items for f in getattr(i, 'fixturenames', ())}
-    for name in ('_reports', 'emulated_runs'):
-        if name not in wanted: continue
-        try: request.getfixturevalue(name)
-        except (Exception, pytest.skip.Exception): pass  # pytest keeps it: it shows in the tests that ask for `name`, not in all
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects
 def pytest_collection_modifyitems(items):

@@ -1,16 +1,18 @@
 """The notebooks, executed in quick mode on an emulated GPU (`emulated_gpu`): a cell that mixes the CPU and the GPU fails here
 as it would on Colab, with its notebook, cell number and error.
 
-The notebooks run `WORKERS` at a time, as `nbdev-test` runs them in `tools/test.sh`, each kernel with its share of the cores,
-started with the session's other shared work (`emulated_runs` in conftest.py); each notebook's test waits for its own run.
+The notebooks run `WORKERS` at a time, as `nbdev-test` runs them in `tools/test.sh`, each kernel with its share of the cores;
+each notebook's test waits for its own run.
 
 `python tests/test_devices.py nbs/10_fastbook13_convolutions.ipynb [--plain]` runs one notebook and prints what it found
 and how long it took (`--plain`: without the emulation, for the comparison)."""
 import re, json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import nbformat, pytest
 from nbclient import NotebookClient
 from nbdev.test import nb_test_cells
+from fastcore.basics import num_cpus
 
 TESTS = Path(__file__).resolve().parent
 NBS = TESTS.parent/'nbs'
@@ -79,6 +81,19 @@ def describe(fn:Path, res:dict)->str:
 
 # Emulated, a notebook takes about 1.4 times its plain CPU time (nb10 in quick mode, one thread, on a 2-core AVX-512 CPU:
 # 59 CPU s against 41); nb20 is the longest (105 s here), as on the emulated GPU it also trains its 100-block ResNet.
+
+@pytest.fixture(scope='module')
+def emulated_runs(request, tmp_path_factory)->dict:
+    """notebook -> the future of its `run_notebook`, for every notebook this session's tests ask for, all started at once and run
+    `WORKERS` at a time, the largest (the chapters, whose outputs come from training) first"""
+    if not os.environ.get('CONVLAB_DATA_MIRROR'): pytest.skip('CONVLAB_DATA_MIRROR is not set: the notebooks need their data')
+    wanted = {i.callspec.params['fn'] for i in request.session.items if i.originalname == 'test_notebook_on_emulated_gpu'}
+    logs, threads = tmp_path_factory.mktemp('emulated'), max(1, num_cpus() // WORKERS) if WORKERS > 1 else None
+    with ThreadPoolExecutor(WORKERS) as ex:
+        runs = {fn: ex.submit(run_notebook, fn, logs/f'{fn.stem}.jsonl', threads=threads)
+                for fn in sorted(wanted, key=lambda p: -p.stat().st_size)}
+        yield runs
+        for f in runs.values(): f.cancel()  # those not started yet, when the session stops early
 
 @pytest.mark.parametrize('fn', CHAPTERS + LIBRARY, ids=lambda p: p.stem)
 def test_notebook_on_emulated_gpu(fn, emulated_runs):
