@@ -73,7 +73,7 @@ def _reproduce(out:Path, *args)->subprocess.Popen:
 REPORTS = dict(  # fixture name -> the arguments of its quick `convlab reproduce`, built once for the session's tests
     fastbook13_report=['--seeds', '2', '--only', 'fastbook13'],
     chapters_report=['--notebook', *sorted((str(root()/c.notebook) for k, c in CHAPTERS.items() if k != 'fastbook13'),
-                                           key=lambda fn: -Path(fn).stat().st_size)])  # the longest first: the last to finish is short
+                                           key=lambda fn: -Path(fn).stat().st_size)])  # the largest first (nb20, the longest to run)
 
 @pytest.fixture(scope='session')
 def _reports(request, cluster, tmp_path_factory)->dict:

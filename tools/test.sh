@@ -36,9 +36,9 @@ jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . 
 # Two lanes side by side. The notebooks (nbdev-test's, then the pytest tests marked `shared`, which read the quick
 # reports and emulated-GPU runs the session builds once: tests/conftest.py) keep both cores busy and go at lower
 # priority; the other tests mostly wait on the processes they start, and some time them, so they go at normal priority.
-# Jupyter starts each kernel in a session of its own, which Linux's autogroup scheduling gives a share of the CPU of its
-# own whatever its nice, so the notebooks' kernels take about as much as the rest. Each lane's pytest ends with its
-# slowest tests (--durations).
+# Jupyter starts each kernel in a session of its own, which Linux's autogroup scheduling (sched(7)) treats as a group as
+# large as all the other processes together whatever its nice: nice lowers the lane's other processes, not its kernels.
+# Each lane's pytest ends with its slowest tests (--durations).
 notebooks=$(mktemp); lane=
 # job control gives the lane a process group of its own: stopping this script (Ctrl-C, a failure, the end) stops all of it
 trap '[ -z "$lane" ] || kill -TERM -- -$lane 2>/dev/null; rm -f "$notebooks"' EXIT; trap 'exit 130' INT TERM
