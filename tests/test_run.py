@@ -65,11 +65,12 @@ def test_resume_reruns_after_a_library_edit(tmp_path, monkeypatch):
     edited = cr.task_specs({nb: 'fixres'}, [0], quick=True)
     assert cr.finished_task(keep, edited[0]) is None, 'a task run before a library edit was taken'
 
-def test_resume_with_every_task_taken_starts_no_cluster(tmp_path, monkeypatch, cluster):
+def test_resume_with_every_task_taken_starts_no_cluster(tmp_path, monkeypatch):
     nb = write_nb(tmp_path/'90_fixall_demo.ipynb', "from convlab.core import record\nrecord('fixall', 'e', 'acc', 0.9)")
     book = tmp_path/'book.json'; book.write_text(json.dumps({'results': [dict(chapter='fixall', experiment='e', metric='acc', book=0.9, min=0.85)]}))
     kw = dict(quick=True, out=tmp_path/'out', notebooks=[nb], book=book, workers=1)
-    assert cli.reproduce(**kw, scheduler=cluster)  # the first run, on the session's cluster
+    assert cli.reproduce(**kw)  # the first run starts a local cluster, as `convlab reproduce` does without --scheduler
+    assert 'ran on a local Dask cluster on this machine (1 worker)' in (tmp_path/'out'/'REPORT.md').read_text()
     def no_cluster(*a, **k): raise AssertionError('a cluster was started with every task taken')
     monkeypatch.setattr(cr, 'dask_client', no_cluster)
     assert cli.reproduce(**kw, resume=True)
