@@ -41,6 +41,7 @@ jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . 
 # Each lane's pytest ends with its slowest tests (--durations).
 notebooks=$(mktemp); lane=
 # job control gives the lane a process group of its own: stopping this script (Ctrl-C, a failure, the end) stops all of it
+# (its kernels, in sessions of their own, end with the process that started them: ipykernel watches its parent)
 trap '[ -z "$lane" ] || kill -TERM -- -$lane 2>/dev/null; rm -f "$notebooks"' EXIT; trap 'exit 130' INT TERM
 set -m
 nice -n 10 bash -c 'set -e
